@@ -1,0 +1,1 @@
+"""One module per `dst` subcommand: configure(parser) and run(args) -> int."""
