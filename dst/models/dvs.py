@@ -21,7 +21,9 @@ PLAN_WIDE_7B = [("conv", 64)] + [("block", None)] * 4 + [("conv", 128)] + [("blo
 
 class DVSNet(DualStreamNet):
     def __init__(self, plan, *, num_classes: int, in_channels: int = 2, connect: str = "IAND", aap: bool = True,
-                 neuron: str = "plif", neuron_kwargs: dict | None = None):
+                 neuron: str = "plif", neuron_kwargs: dict | None = None, T: int | None = None):
+        # T is accepted for a uniform model interface only: the number of frames in the input defines T here
+        # (training may use a random subset of the frames, so train and eval T can differ).
         super().__init__()
         self.aap, self.connect = bool(aap), connect.upper()
         make_neuron = neuron_factory(neuron, neuron_kwargs)

@@ -20,27 +20,15 @@
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-STATE_DIR=${DST_SLURM_DIR:-/tmp/dst-slurm}
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 CTLD_PORT=${DST_SLURM_CTLD_PORT:-16817}
 read -r NODE1_PORT NODE2_PORT <<<"${DST_SLURM_NODE_PORTS:-17001 17002}"
 WAIT_S=${DST_SLURM_WAIT_S:-90}
 NODES=(node1 node2)
-CONF=$STATE_DIR/etc/slurm.conf
 MUNGE_SOCKET=$STATE_DIR/munge/munge.socket
-SYSTEM_CONF=/etc/slurm/slurm.conf
 
-log() { echo "local_slurm: $*" >&2; }
 die() { log "error: $1"; exit "${2:-1}"; }
-
-# pid from a pid file if that process is alive and is the expected program (pid files survive a killed machine).
-live_pid() {  # pidfile program
-    local pid
-    [[ -s $1 ]] || return 1
-    pid=$(<"$1")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm && $(</proc/$pid/comm) == "$2"* ]] || return 1
-    echo "$pid"
-}
 
 ensure_packages() {
     local missing=()
@@ -101,7 +89,7 @@ start_munge() {
         if [[ ! -s $key ]]; then
             (umask 077; head -c 1024 /dev/urandom >"$key")
         fi
-        chmod 700 "$STATE_DIR/munge"; chmod 400 "$key"
+        chmod 755 "$STATE_DIR/munge"; chmod 400 "$key"
         rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
         log "starting munged"
         # --force: the state dir lives under /tmp (sticky, world-writable), which munged otherwise refuses.

@@ -6,20 +6,9 @@
 # Environment: DST_SLURM_DIR [/tmp/dst-slurm]; DST_SLURM_KEEP=1 keeps the state directory (logs) for inspection.
 set -uo pipefail
 
-STATE_DIR=${DST_SLURM_DIR:-/tmp/dst-slurm}
-CONF=$STATE_DIR/etc/slurm.conf
-SYSTEM_CONF=/etc/slurm/slurm.conf
-
-log() { echo "local_slurm: $*" >&2; }
-
-live_pid() {  # pidfile program
-    local pid
-    [[ -s $1 ]] || return 1
-    pid=$(<"$1")
-    [[ $pid =~ ^[0-9]+$ ]] || return 1
-    [[ -r /proc/$pid/comm && $(</proc/$pid/comm) == "$2"* ]] || return 1
-    echo "$pid"
-}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=common.sh
+source "$HERE/common.sh"
 
 stop_daemon() {  # pidfile program
     local pid i
@@ -27,7 +16,7 @@ stop_daemon() {  # pidfile program
     log "stopping $2 (pid $pid)"
     kill -TERM "$pid" 2>/dev/null
     for i in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || return 0
+        alive "$pid" || return 0
         sleep 0.1
     done
     log "$2 (pid $pid) did not stop in 10s: killing it"

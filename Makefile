@@ -1,0 +1,37 @@
+# The two commands of the README: `make demo` (the whole workflow on the built-in demo data) and `make test`.
+# Both create .venv when missing (and re-install when pyproject.toml or constraints.txt change).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CORES ?= 2
+
+.PHONY: demo test test-fast venv lint clean-demo help
+
+help:
+	@echo "make demo   - run the whole workflow (data -> train -> export -> evaluate -> report) on the demo data"
+	@echo "make test   - run the full test suite (real DeepSpeed ranks, real SLURM, real MLflow server)"
+	@echo "make bench  - side-by-side benchmarks against peers (writes benchmarks/results/latest.{json,md})"
+
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
+	VENV=$(VENV) scripts/bootstrap.sh
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/snakemake --profile profiles/local --configfile config/demo.yaml --cores $(CORES) all
+	@echo
+	@echo "Report:     results/demo/report.md"
+	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
+
+test: $(STAMP)
+	$(PY) -m pytest -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -ra -m "not slurm and not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
+
+clean-demo:
+	rm -rf datasets/raw/demo datasets/prepared/demo runs/demo results/demo .snakemake

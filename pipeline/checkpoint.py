@@ -1,0 +1,115 @@
+"""Checkpoints: DeepSpeed's directory format plus our client state, with crash-safe pointers.
+
+Layout of <run>/checkpoints/:
+    epoch0003/            one DeepSpeed checkpoint per saved epoch (tag)
+    latest                text file naming the newest COMPLETE tag (written to a temp name, then renamed)
+    best                  text file naming the tag with the best validation metric
+A process killed while saving leaves at most a partial tag directory that no pointer names, so resuming and
+exporting always read a complete checkpoint. Old tags are pruned except latest, best and every K-th epoch.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipeline.errors import UsageError
+
+TAG_RE = re.compile(r"^epoch(\d{4,})$")
+
+
+def tag_for_epoch(epoch: int) -> str:
+    return f"epoch{epoch:04d}"
+
+
+def write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
+    tmp = ckpt_dir / f".{name}.tmp"
+    tmp.write_text(tag + "\n")
+    os.replace(tmp, ckpt_dir / name)
+
+
+def read_pointer(ckpt_dir: Path, name: str = "latest") -> str | None:
+    pointer = Path(ckpt_dir) / name
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    if not (Path(ckpt_dir) / tag).is_dir():
+        raise UsageError(f"{pointer} names checkpoint {tag!r}, which does not exist in {ckpt_dir}")
+    return tag
+
+
+def prune(ckpt_dir: Path, keep_every: int) -> None:
+    """Delete epoch tags other than latest, best and every keep_every-th epoch (1-based epoch numbers)."""
+    keep = {read_pointer(ckpt_dir, "latest"), read_pointer(ckpt_dir, "best")}
+    for entry in Path(ckpt_dir).iterdir():
+        m = TAG_RE.match(entry.name)
+        if m and entry.is_dir() and entry.name not in keep and int(m.group(1)) % keep_every != 0:
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+@dataclass
+class ExportSource:
+    """What export needs from a training checkpoint, as plain data."""
+
+    state_dict: dict[str, torch.Tensor]
+    model_name: str
+    model_kwargs: dict[str, Any]
+    config: dict[str, Any]
+    tag: str
+    path: Path
+    val_batch: Any = None
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
+    """A run's checkpoints dir (uses `latest`), a run dir containing checkpoints/, or one tag dir -> (dir, tag)."""
+    path = Path(path)
+    if not path.exists():
+        raise UsageError(f"checkpoint {path} does not exist")
+    if (path / "checkpoints").is_dir() and not (path / "latest").exists():
+        path = path / "checkpoints"
+    if (path / "latest").is_file():
+        return path, read_pointer(path, "latest")
+    if path.is_dir() and any(path.glob("*model_states.pt")):
+        return path.parent, path.name
+    raise UsageError(f"{path} is not a checkpoint: expected a 'latest' file or DeepSpeed *model_states.pt files")
+
+
+def _load_module_states(tag_dir: Path) -> dict[str, Any]:
+    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt")) or sorted(tag_dir.glob("*model_states.pt"))
+    if not files:
+        raise UsageError(f"{tag_dir}: no DeepSpeed model_states file")
+    try:
+        # DeepSpeed stores a few non-tensor objects (its config, versions); weights_only cannot read them, and we
+        # only load files our own training wrote. The model weights themselves are plain tensors.
+        return torch.load(files[0], map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or corrupted file
+        raise UsageError(f"{files[0]}: cannot read checkpoint ({type(err).__name__}: {err})") from None
+
+
+def load_for_export(path: str | Path) -> ExportSource:
+    ckpt_dir, tag = resolve_checkpoint(path)
+    tag_dir = ckpt_dir / tag
+    states = _load_module_states(tag_dir)
+    client = states.get("dst", {})
+    if "model_name" not in client:
+        raise UsageError(f"{tag_dir}: no DST client state (model_name, model_kwargs): not written by `dst train`")
+    # With ZeRO (stage >= 1) the fp32 master weights live in the optimizer partitions: consolidate those.
+    if client.get("zero_stage", 0) > 0:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        try:
+            state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+        except Exception as err:
+            raise UsageError(f"{tag_dir}: cannot consolidate ZeRO checkpoint ({type(err).__name__}: {err})") from None
+    else:
+        state_dict = states["module"]
+    state_dict = {k.removeprefix("module."): (v.float() if v.is_floating_point() else v)
+                  for k, v in state_dict.items()}
+    return ExportSource(state_dict=state_dict, model_name=client["model_name"],
+                        model_kwargs=dict(client["model_kwargs"]), config=client.get("config", {}),
+                        tag=tag, path=tag_dir)
+
