@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt scripts/bootstrap.sh
 venv: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/snakemake --profile profiles/local --configfile config/demo.yaml --cores $(CORES) all
+	$(VENV)/bin/snakemake all --profile profiles/local --cores $(CORES) --configfile config/demo.yaml
 	@echo
 	@echo "Report:     results/demo/report.md"
 	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"

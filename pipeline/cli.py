@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("pipeline.commands.export", "export an AAP-stripped FSNN (+ DSNN) with its full-spike and energy report"),
     "evaluate": ("pipeline.commands.evaluate", "evaluate exported FSNN/DSNN on a validation split"),
     "report": ("pipeline.commands.report", "tables and plots across experiments"),
+    "track": ("pipeline.commands.track", "the parent MLflow run of a workflow invocation"),
 }
 
 EPILOG = """examples:
