@@ -4,7 +4,7 @@ and a file format that rebuilds the model with only torch + dst.
     fsnn = strip_aap(model)                 # a copy without the AAP: fsnn(x) == model(x, stream="fsnn"), bit for bit
     dsnn = dsnn_view(model)                 # the same model predicting from the accumulation stream: z_A
     save_exported(fsnn, "fsnn.pt"); fsnn2 = load_fsnn("fsnn.pt")     # in a fresh process: torch + dst only
-    ts = to_torchscript(fold_bn(fsnn), example_images)                 # loads with torch.jit.load alone
+    save_torchscript(to_torchscript(fold_bn(fsnn), images), "fsnn.ts")  # loads with torch.jit.load alone
 """
 from __future__ import annotations
 
@@ -147,6 +147,18 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
         return torch.jit.trace(model, example, check_trace=False)
 
 
+def save_torchscript(module: torch.jit.ScriptModule, path: str | os.PathLike) -> None:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit is deprecated for torch.export
+        torch.jit.save(module, str(path))
+
+
+def load_torchscript(path: str | os.PathLike) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        return torch.jit.load(str(path), map_location="cpu")
+
+
 # ---------------------------------------------------------------------------------------------------- files
 def _plain(value, what: str):
     """JSON-able data only, so that the file loads with torch.load(weights_only=True)."""
@@ -172,7 +184,7 @@ def export_payload(model: nn.Module) -> dict:
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "stream": stream, "model_name": name,
             "model_kwargs": kwargs, "state_dict": state, "dst_version": dst.__version__,
-            "torch_version": torch.__version__}
+            "torch_version": str(torch.__version__)}
 
 
 def save_exported(model: nn.Module, path: str | os.PathLike) -> None:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from dst.connect import SPIKE_ONLY
 from dst.models.base import DualStreamNet
 from dst.neuron import MultiStepNeuron
 
@@ -52,9 +53,11 @@ class LayerCheck:
 @dataclass
 class FullSpikeReport:
     ok: bool
-    offenders: list[LayerCheck]
-    checked: list[str]                                  # layers whose inputs were all in {0, 1}
+    offenders: list[LayerCheck]                  # layers that received non-binary input
+    checked: list[str]                           # layers whose inputs were all in {0, 1}
     exempt: dict[str, str] = field(default_factory=dict)  # layer -> why it may see non-binary input
+    connect_violations: list[str] = field(default_factory=list)  # blocks joined by a non-spike-only connect (ADD)
+    silent: list[str] = field(default_factory=list)  # checked layers that saw no spike at all (a vacuous pass)
 
     @property
     def offending_layers(self) -> list[str]:
@@ -62,15 +65,21 @@ class FullSpikeReport:
 
     def to_dict(self) -> dict:
         return {"ok": self.ok, "offending_layers": self.offending_layers,
-                "offenders": [asdict(o) for o in self.offenders], "checked": list(self.checked),
-                "exempt": dict(self.exempt)}
+                "offenders": [asdict(o) for o in self.offenders], "connect_violations": list(self.connect_violations),
+                "checked": list(self.checked), "silent": list(self.silent), "exempt": dict(self.exempt)}
 
     def summary(self, limit: int = 5) -> str:
         if self.ok:
             return f"full-spike: ok ({len(self.checked)} synaptic layers receive only 0/1)"
-        names = ", ".join(self.offending_layers[:limit])
-        more = f" and {len(self.offenders) - limit} more" if len(self.offenders) > limit else ""
-        return f"not full-spike: {len(self.offenders)} layers receive non-binary input: {names}{more}"
+        parts = []
+        if self.offenders:
+            names = ", ".join(self.offending_layers[:limit])
+            more = f" and {len(self.offenders) - limit} more" if len(self.offenders) > limit else ""
+            parts.append(f"{len(self.offenders)} layers receive non-binary input: {names}{more}")
+        if self.connect_violations:
+            parts.append(f"{len(self.connect_violations)} blocks use a connect function that is not spike-only "
+                         f"({self.connect_violations[0]}{', ...' if len(self.connect_violations) > 1 else ''})")
+        return "not full-spike: " + "; ".join(parts)
 
 
 class SynapticHooks:
@@ -122,17 +131,20 @@ def verify_full_spike(model: nn.Module, inputs: torch.Tensor, *, batch_size: int
     """Run `model(inputs)` (in chunks of `batch_size` samples) and check the inputs of every synaptic layer.
 
     A model with its AAP still attached fails, naming the AAP's convs (they read accumulations, not spikes): check the
-    stripped FSNN (`dst.export.strip_aap`). SEW-ResNet ADD fails at every layer after an ADD shortcut.
+    stripped FSNN (`dst.export.strip_aap`). SEW-ResNet ADD fails at the layers that read an ADD output, and, whatever
+    the batch, through `connect_violations` (blocks whose connect function is not spike-only).
+    `silent` lists checked layers that saw only zeros: the check says nothing about them on this batch.
     """
     heads = head_modules(model)
     seen: dict[str, dict] = {}
 
     def on_call(name, module, x, _y):
         entry = seen.setdefault(name, {"kind": synaptic_kind(module), "head": id(module) in heads,
-                                       "bad": 0, "total": 0, "min": float("inf"), "max": float("-inf"),
+                                       "bad": 0, "nonzero": 0, "total": 0, "min": float("inf"), "max": float("-inf"),
                                        "examples": []})
         bad = (x != 0) & (x != 1)
         entry["bad"] += int(bad.sum())
+        entry["nonzero"] += int((x != 0).sum())
         entry["total"] += x.numel()
         if x.numel():
             entry["min"] = min(entry["min"], float(x.min()))
@@ -148,7 +160,7 @@ def verify_full_spike(model: nn.Module, inputs: torch.Tensor, *, batch_size: int
         raise ValueError("the model ran no Conv/Linear layer, so there is nothing to verify")
 
     exempt = {rec.order[0]: "encoding layer (first synaptic layer: reads the analog image or frame counts)"}
-    offenders, checked = [], []
+    offenders, checked, silent = [], [], []
     for name in rec.order:
         entry = seen[name]
         if entry["head"]:
@@ -160,7 +172,14 @@ def verify_full_spike(model: nn.Module, inputs: torch.Tensor, *, batch_size: int
                                         entry["max"], [float(v) for v in entry["examples"]]))
         else:
             checked.append(name)
-    return FullSpikeReport(ok=not offenders, offenders=offenders, checked=checked, exempt=exempt)
+            if entry["nonzero"] == 0:
+                silent.append(name)
+    # Structural check as well: a block joined by ADD is not full-spike even on a batch where no 2 happens to occur
+    # (deep SEW nets with random weights often go silent, which would make the hook check pass vacuously).
+    violations = [f"{name or type(m).__name__}: connect {m.connect_name}" for name, m in model.named_modules()
+                  if isinstance(getattr(m, "connect_name", None), str) and m.connect_name not in SPIKE_ONLY]
+    return FullSpikeReport(ok=not offenders and not violations, offenders=offenders, checked=checked, exempt=exempt,
+                           connect_violations=violations, silent=silent)
 
 
 def spike_agreement(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor) -> float:

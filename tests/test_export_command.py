@@ -1,0 +1,194 @@
+"""`dst export`: artifacts, report, round trip in a fresh process, and refusals."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from dst.energy import count_ops
+from dst.export import strip_aap
+from dst.models import create_model
+from pipeline.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = "3,16,16"
+
+
+def trained_looking(name: str, seed: int = 0, **kw) -> nn.Module:
+    torch.manual_seed(seed)
+    model = create_model(name, T=2, num_classes=10, **kw)
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return model.eval()
+
+
+def plain_checkpoint(path: Path, model: nn.Module, config: dict | None = None) -> Path:
+    torch.save({"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                "state_dict": {f"module.{k}": v for k, v in model.state_dict().items()},
+                "config": config or {"data": {"resolution": 16}}}, path)
+    return path
+
+
+def export(*args: str) -> int:
+    return main(["export", *map(str, args)])
+
+
+@pytest.fixture
+def fsnn_ckpt(tmp_path):
+    model = trained_looking("fsnn_resnet18")
+    return model, plain_checkpoint(tmp_path / "ckpt.pt", model)
+
+
+def leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.iterdir() if ".tmp-" in p.name or ".old-" in p.name]
+
+
+def test_export_writes_verified_artifacts_that_reload_in_a_fresh_process(tmp_path, fsnn_ckpt, capsys):
+    model, ckpt = fsnn_ckpt
+    out = tmp_path / "export"
+    assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 2) == 0
+    assert "full-spike ok" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["dsnn.pt", "fsnn.pt", "fsnn.ts", "report.json"]
+    assert leftovers(tmp_path) == []
+
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["source"].startswith("random Gaussian") and report["inputs"]["shape"] == [2, 3, 16, 16]
+    assert report["full_spike_check"]["ok"] is True and report["full_spike_check"]["offending_layers"] == []
+    assert report["model"]["name"] == "fsnn_resnet18"
+    params = report["parameters"]
+    assert params["fsnn"] == sum(p.numel() for p in strip_aap(model).parameters())
+    assert params["dsnn"] == sum(p.numel() for p in model.parameters()) == params["fsnn"] + params["aap"]
+    fs, ds = report["fsnn"], report["dsnn"]
+    assert fs["macs"] > 0 and fs["acs"] > 0 and fs["energy_mj"] > 0 and fs["neuron_firing_rates"]
+    assert {r["layer"] for r in fs["layers"] if r["op"] == "MAC"} == {"stem_conv", "fc"}
+    assert ds["macs"] > fs["macs"] and any("aap_transition" in r["layer"] for r in ds["layers"])
+    checks = report["checks"]
+    assert checks["fsnn_equals_training_stream"] and checks["fsnn_pt_reproduces_logits"] and checks["bn_folded"]
+    assert checks["bn_fold_spike_agreement"] > 0.999 and checks["torchscript_max_abs_logit_diff"] < 1e-4
+
+    # A fresh process with only torch + dst reproduces the logits of the training model's streams.
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        z = model(x)
+    torch.save({"x": x, "fsnn": z.fsnn, "dsnn": z.dsnn}, tmp_path / "io.pt")
+    code = f"""
+        import sys
+        sys.modules['pipeline'] = None
+        import torch
+        from dst.export import load_fsnn, load_dsnn
+        io = torch.load('io.pt')
+        with torch.no_grad():
+            assert torch.equal(load_fsnn('{out}/fsnn.pt')(io['x']), io['fsnn'])
+            assert torch.equal(load_dsnn('{out}/dsnn.pt')(io['x']), io['dsnn'])
+            ts = torch.jit.load('{out}/fsnn.ts')  # the BN-folded FSNN
+            torch.testing.assert_close(ts(io['x']), load_fsnn('{out}/fsnn.pt', fold=True)(io['x']))
+    """
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=tmp_path, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+    # Exporting again replaces the previous export as a whole.
+    assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 1, "--no-dsnn") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fsnn.pt", "fsnn.ts", "report.json"]
+    assert json.loads((out / "report.json").read_text())["dsnn"] is None
+    assert leftovers(tmp_path) == []
+
+
+def test_firing_rates_are_measured_on_the_given_data_batch(tmp_path, fsnn_ckpt):
+    model, ckpt = fsnn_ckpt
+    images = torch.rand(3, 3, 16, 16)
+    torch.save((images, torch.tensor([0, 1, 2])), tmp_path / "val.pt")  # (inputs, targets), as a loader yields
+    out = tmp_path / "export"
+    assert export("--checkpoint", ckpt, "--out", out, "--data-batch", tmp_path / "val.pt", "--no-dsnn") == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["inputs"]["source"] == f"data batch file {tmp_path / 'val.pt'}"
+    assert report["inputs"]["samples"] == 3  # fewer than --batch-size (4): all of them
+    expected = count_ops(strip_aap(model), images)
+    assert report["fsnn"]["acs"] == pytest.approx(expected.acs)
+    assert [r["input_firing_rate"] for r in report["fsnn"]["layers"]] == pytest.approx(
+        [r.input_firing_rate for r in expected.rows])
+
+
+def test_deepspeed_checkpoint_directory(tmp_path):
+    """The layout pipeline.checkpoint reads: <ckpts>/latest -> tag dir with DeepSpeed model states + client state."""
+    model = trained_looking("fsnn_resnet18")
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "epoch0002").mkdir(parents=True)
+    torch.save({"module": model.state_dict(),
+                "dst": {"model_name": model.model_name, "model_kwargs": model.model_kwargs, "config": {}}},
+               ckpts / "epoch0002" / "mp_rank_00_model_states.pt")
+    (ckpts / "latest").write_text("epoch0002\n")
+    out = tmp_path / "export"
+    assert export("--checkpoint", ckpts, "--out", out, "--input-shape", SHAPE, "--batch-size", 1) == 0
+    assert json.loads((out / "report.json").read_text())["checkpoint_kind"].startswith("DeepSpeed checkpoint")
+
+
+# ------------------------------------------------------------------------------------------------ refusals
+def refused(capsys, *args) -> str:
+    assert export(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dst export: error:") and len(err.splitlines()) == 1, err
+    return err
+
+
+def test_refuses_an_fsnn_that_is_not_full_spike_unless_told_it_is_a_baseline(tmp_path, capsys):
+    ckpt = plain_checkpoint(tmp_path / "sew.pt", trained_looking("sew_resnet18"))
+    out = tmp_path / "export"
+    err = refused(capsys, "--checkpoint", ckpt, "--out", out, "--input-shape", "3,32,32")
+    assert "not full-spike" in err and "blocks.1.residual.0.0" in err and "--allow-not-full-spike" in err
+    assert not out.exists() and leftovers(tmp_path) == []
+
+    assert export("--checkpoint", ckpt, "--out", out, "--input-shape", "3,32,32", "--batch-size", 2,
+                  "--allow-not-full-spike") == 0
+    assert "NOT full-spike" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["exported_despite_failed_check"] is True and report["full_spike_check"]["ok"] is False
+    assert report["dsnn"] is None and not (out / "dsnn.pt").exists()  # no AAP: FSNN only, by default
+    macs = {r["layer"] for r in report["fsnn"]["layers"] if r["op"] == "MAC"}
+    assert "blocks.1.residual.0.0" in macs and set(report["full_spike_check"]["offending_layers"]) <= macs
+
+
+def test_dsnn_is_exported_only_when_there_is_an_aap(tmp_path, capsys):
+    ckpt = plain_checkpoint(tmp_path / "noaap.pt", trained_looking("fsnn_resnet18", aap=False))
+    err = refused(capsys, "--checkpoint", ckpt, "--out", tmp_path / "export", "--dsnn")
+    assert "no AAP" in err and "--dsnn" in err
+    assert not (tmp_path / "export").exists()
+    assert export("--checkpoint", ckpt, "--out", tmp_path / "export", "--batch-size", 1) == 0
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["fsnn.pt", "fsnn.ts", "report.json"]
+
+
+def test_refuses_unreadable_checkpoints(tmp_path, capsys, fsnn_ckpt):
+    out = tmp_path / "export"
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 10)
+    assert "cannot read checkpoint" in refused(capsys, "--checkpoint", garbage, "--out", out)
+    assert "does not exist" in refused(capsys, "--checkpoint", tmp_path / "missing", "--out", out)
+    (tmp_path / "emptydir").mkdir()
+    assert "not a checkpoint" in refused(capsys, "--checkpoint", tmp_path / "emptydir", "--out", out)
+    torch.save({"weights": {}}, tmp_path / "other.pt")
+    assert "missing: model_name" in refused(capsys, "--checkpoint", tmp_path / "other.pt", "--out", out)
+
+    model, _ = fsnn_ckpt
+    wrong = {"model_name": "fsnn_resnet34", "model_kwargs": model.model_kwargs, "state_dict": model.state_dict()}
+    torch.save(wrong, tmp_path / "wrong.pt")
+    assert "do not fit fsnn_resnet34" in refused(capsys, "--checkpoint", tmp_path / "wrong.pt", "--out", out)
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_refuses_an_out_dir_holding_other_files(tmp_path, capsys, fsnn_ckpt):
+    _, ckpt = fsnn_ckpt
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert "not an export" in refused(capsys, "--checkpoint", ckpt, "--out", out)
+    assert (out / "notes.txt").read_text() == "mine"
