@@ -111,5 +111,15 @@ def load_for_export(path: str | Path) -> ExportSource:
                   for k, v in state_dict.items()}
     return ExportSource(state_dict=state_dict, model_name=client["model_name"],
                         model_kwargs=dict(client["model_kwargs"]), config=client.get("config", {}),
-                        tag=tag, path=tag_dir)
+                        tag=tag, path=tag_dir, val_batch=_load_val_batch(ckpt_dir.parent / "val_batch.pt"))
+
+
+def _load_val_batch(path: Path) -> dict | None:
+    """The validation inputs `dst train` saved next to its checkpoints (None when absent)."""
+    if not path.is_file():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise UsageError(f"{path}: cannot read the saved validation batch ({type(err).__name__}: {err})") from None
 

@@ -274,6 +274,8 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
         status = "FINISHED"
     finally:
         tracker.end(status)
+    if is_rank0:
+        save_val_batch(loaders.val, out_dir / VAL_BATCH_FILE)
     final = dict(state["history"][-1]) if state["history"] else {}
     final.update(best_fsnn_top1=state["best_metric"], best_epoch=state["best_epoch"],
                  mlflow_run_id=state["mlflow_run_id"], world_size=world_size)
@@ -297,6 +299,18 @@ def save_checkpoint(engine, ckpt_dir: Path, cfg: ExperimentConfig, state: dict, 
             ckpt.write_pointer(ckpt_dir, "best", tag)
         ckpt.prune(ckpt_dir, cfg.trainer.checkpoint_every)
     dist.barrier()
+
+
+VAL_BATCH_FILE = "val_batch.pt"
+
+
+def save_val_batch(loader, path: Path, samples: int = 16) -> None:
+    """A few validation inputs next to the checkpoints: export measures firing rates on real data with them."""
+    for x, y in loader:
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save({"inputs": x[:samples].float().cpu(), "targets": y[:samples].cpu()}, tmp)
+        os.replace(tmp, path)
+        return
 
 
 def _check_same_model(client: dict, model, where: Path) -> None:

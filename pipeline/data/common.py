@@ -48,11 +48,10 @@ def atomic_outputs(paths: list[Path]) -> Iterator[list[Path]]:
                 tmp.unlink()
 
 
-def write_meta(out: Path, meta: dict) -> None:
-    """meta.json: what was prepared, from what, and the byte size of every file (truncation check)."""
-    path = out / META_FILE
-    with atomic_outputs([path]) as (tmp,):
-        tmp.write_text(json.dumps(meta, indent=1) + "\n")
+def write_meta(path: Path, meta: dict) -> None:
+    """meta.json: what was prepared, from what, and the byte size of every file (truncation check).
+    Callers write it to the temporary name that atomic_outputs renames last."""
+    path.write_text(json.dumps(meta, indent=1) + "\n")
 
 
 def read_meta(root: Path) -> dict:

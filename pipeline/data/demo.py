@@ -51,13 +51,14 @@ def generate_demo(out: Path, seed: int = 0, cifar10_dvs: bool = False) -> dict[s
 
 # ---------------------------------------------------------------- images
 
-def write_digit_images(root: Path, rng: np.random.Generator) -> None:
+def write_digit_images(root: Path, rng: np.random.Generator, sizes: dict[str, int] | None = None) -> None:
+    """The demo image tree; `sizes` ({"train": n, "val": n}) overrides the card's (tests use fewer)."""
     from sklearn.datasets import load_digits  # ships with scikit-learn: no download
 
     card = load_card("demo_images")
     size = card["image_size"]
     digits = load_digits()
-    sizes = card["sizes"]
+    sizes = sizes or card["sizes"]
     per_class = {split: n // card["num_classes"] for split, n in sizes.items()}
     for label, class_name in enumerate(card["classes"]):
         pool = rng.permutation(np.flatnonzero(digits.target == label))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.common import atomic_outputs, check_file_size, resolve_workers, temp_name, write_meta
+from pipeline.data.common import META_FILE, atomic_outputs, check_file_size, resolve_workers, temp_name, write_meta
 from pipeline.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
@@ -259,20 +259,18 @@ def prepare_imagenet(raw: Path, out: Path, *, max_resolution: int = 500, compres
                   "jpeg_quality": jpeg_quality}
     started = time.time()
     info, skipped = {}, []
-    with atomic_outputs([out / f"{name}.beton" for name in SPLITS]) as temps:
+    finals = [out / f"{name}.beton" for name in SPLITS] + [out / "bad_images.txt", out / META_FILE]
+    with atomic_outputs(finals) as temps:
         for name, tmp in zip(SPLITS, temps):
             samples, bad = _write_split(splits[name], tmp, raw, workers, field_args, skip_bad)
             skipped += bad
             info[name] = {"file": f"{name}.beton", "samples": samples, "bytes": tmp.stat().st_size}
-    bad_list = out / "bad_images.txt"
-    if skipped:
-        bad_list.write_text("".join(f"{s['split']}\t{s['path']}\t{s['error']}\n" for s in skipped))
-    else:
-        bad_list.unlink(missing_ok=True)
-    meta = {"format": "ffcv", "kind": "images", "raw": str(raw), "num_classes": len(classes), "classes": classes,
-            "splits": info, "prepare": field_args, "skipped": skipped,
-            "seconds": round(time.time() - started, 1)}
-    write_meta(out, meta)
+        # bad_images.txt is always written (empty when nothing was skipped), so no stale list survives.
+        temps[-2].write_text("".join(f"{s['split']}\t{s['path']}\t{s['error']}\n" for s in skipped))
+        meta = {"format": "ffcv", "kind": "images", "raw": str(raw), "num_classes": len(classes),
+                "classes": classes, "splits": info, "prepare": field_args, "skipped": skipped,
+                "seconds": round(time.time() - started, 1)}
+        write_meta(temps[-1], meta)
     return meta
 
 

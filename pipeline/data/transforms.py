@@ -24,6 +24,12 @@ def epoch_order(num_samples: int, *, seed: int, epoch: int, rank: int = 0, world
     return order[rank::world_size]
 
 
+def eval_order(num_samples: int, *, rank: int = 0, world_size: int = 1) -> np.ndarray:
+    """Evaluation order of one rank: sequential and strided, no padding, so every sample is read by
+    exactly one rank and metrics summed over ranks count each sample once."""
+    return np.arange(rank, num_samples, world_size)
+
+
 def frames_to_float(frames: torch.Tensor) -> torch.Tensor:
     """Event counts (int16) to float32 network input: the counts themselves, as SEW ResNet feeds them."""
     return frames.to(torch.float32)
