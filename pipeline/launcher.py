@@ -21,14 +21,16 @@ UNKNOWN forever and would wait forever for a job that died without a result file
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import subprocess
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import submitit
 
@@ -195,6 +197,9 @@ def make_executor(launcher: Any, folder: str | Path, name: str = "dst") -> submi
         params["mem_gb"] = float(s["mem_gb"])
     if cluster == "slurm":
         params["slurm_signal_delay_s"] = int(s["signal_delay_s"])
+        # One rank that dies must end the step: the others would otherwise wait in a collective until the process
+        # group times out, holding every node of the allocation.
+        params["slurm_srun_args"] = ["--kill-on-bad-exit=1"]
         for key in ("partition", "account", "qos", "constraint"):
             if s[key]:
                 params[f"slurm_{key}"] = str(s[key])
@@ -215,21 +220,24 @@ def submit(launcher: Any, folder: str | Path, target: str | Callable[[Any], Any]
         resolve_target(target)  # debug runs in this process: fail now with a clear message
     submitted_at = time.time()
     job = executor.submit(RankTask(target, payload))
-    if executor.cluster == "local":
-        _drop_stale_results(job, submitted_at)
+    if executor.cluster != "debug":
+        _drop_stale_files(job, submitted_at - 60)
     return job
 
 
-def _drop_stale_results(job: submitit.Job, before: float) -> None:
-    # Local job ids are process ids, which repeat across boots: a result file left in the same folder by an old job
-    # with the same id would be taken for this job's result.
+def _drop_stale_files(job: submitit.Job, before: float) -> None:
+    # Job ids can repeat: local ids are process ids (reused across boots), and a scratch SLURM that was restarted
+    # clean counts from 1 again. A result file left in the same folder by an older job with the same id would be
+    # taken for this job's result, and its logs (opened in append mode) would precede this job's. (The margin keeps
+    # files of this job safe from clock skew between nodes.)
     for task in range(job.num_tasks):
-        path = job.task(task).paths.result_pickle
-        try:
-            if path.stat().st_mtime < before:
-                path.unlink()
-        except FileNotFoundError:
-            pass
+        paths = job.task(task).paths
+        for path in (paths.result_pickle, paths.stdout, paths.stderr):
+            try:
+                if path.stat().st_mtime < before:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -242,6 +250,7 @@ class TaskOutcome:
     ok: bool
     result: Any = None
     error: str | None = None  # the task's traceback, or why there is no result
+    finished_at: float | None = None  # when its result file was written
     stdout: Path | None = None
     stderr: Path | None = None
 
@@ -250,7 +259,7 @@ class TaskOutcome:
 class LaunchOutcome:
     job_id: str
     cluster: str
-    state: str  # COMPLETED, FAILED, ... (SLURM), or DONE/FAILED for local/debug
+    state: str  # SLURM's final state (COMPLETED, FAILED, TIMEOUT, ...); local/debug: COMPLETED or FAILED
     folder: Path
     tasks: list[TaskOutcome] = field(default_factory=list)
 
@@ -275,7 +284,8 @@ class LaunchOutcome:
             return ""
         out = [f"job {self.job_id} ({self.cluster}) failed: state {self.state}; "
                f"failed tasks: {', '.join(str(t.task) for t in self.failed)}"]
-        first = self.failed[0]
+        # The first task that raised is the cause: the others usually failed or were killed because of it.
+        first = sorted(self.failed, key=lambda t: (t.finished_at is None, t.finished_at or 0.0, t.task))[0]
         for path in (first.stderr, first.stdout):
             if path is not None and path.exists():
                 out += [f"--- last {lines} lines of {path}", tail(path, lines)]
@@ -298,8 +308,8 @@ def tail(path: Path, lines: int = 40) -> str:
 def slurm_state(job_id: str) -> str | None:
     """The job's state from squeue (kept MinJobAge after the end), else from sacct; None if neither knows it."""
     try:
-        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(["squeue", "-h", "-t", "all", "-j", str(job_id), "-o", "%T"], capture_output=True,
+                             text=True, timeout=60)
         states = out.stdout.split()
         if out.returncode == 0 and states:
             return states[0].upper()
@@ -321,13 +331,17 @@ def wait(job: submitit.Job, cluster: str, poll_s: float = 2.0, timeout_s: float 
     """Block until the job is over (through requeues), then collect every task's result or error."""
     folder = Path(job.paths.folder)
     if cluster == "debug":
-        try:
-            job.result()
-        except Exception:  # collected below from the job object
-            pass
-        return _collect(job, cluster, "DONE", folder)
+        # Ran here, once: asking the debug job again (result(), exception()) would run the function again.
+        task = TaskOutcome(task=0, ok=False)
+        with _post_mortem_only_on_a_terminal():
+            try:
+                task.result, task.ok = job.result(), True
+            except Exception as err:  # noqa: BLE001 (the job's own exception)
+                task.error = "".join(traceback.format_exception(err))
+        return LaunchOutcome(job_id=str(job.job_id), cluster=cluster, state="COMPLETED" if task.ok else "FAILED",
+                             folder=folder, tasks=[task])
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    state, unknown, last = "PENDING", 0, None
+    state, unknown, last, first_error = "PENDING", 0, None, None
     while True:
         if cluster == "slurm":
             got = slurm_state(job.job_id)
@@ -340,6 +354,12 @@ def wait(job: submitit.Job, cluster: str, poll_s: float = 2.0, timeout_s: float 
                 state = "DONE"
                 break
             state = "RUNNING"
+            # Local tasks are independent processes: when one rank raised, the others would wait in a collective
+            # until it times out. Stop them after a short grace (srun --kill-on-bad-exit does this on SLURM).
+            if first_error is None and _any_task_failed(job):
+                first_error = time.monotonic()
+            if first_error is not None and time.monotonic() - first_error > LOCAL_FAILURE_GRACE_S:
+                job.cancel(check=False)
         if on_state is not None and state != last:
             on_state(state)
         last = state
@@ -351,21 +371,51 @@ def wait(job: submitit.Job, cluster: str, poll_s: float = 2.0, timeout_s: float 
     return _collect(job, cluster, state, folder)
 
 
+LOCAL_FAILURE_GRACE_S = 5.0
+
+
+def _any_task_failed(job: submitit.Job) -> bool:
+    from submitit.core import utils as submitit_utils
+
+    for index in range(job.num_tasks):
+        path = job.task(index).paths.result_pickle
+        if path.exists():
+            try:
+                if submitit_utils.pickle_load(path)[0] == "error":
+                    return True
+            except Exception:  # noqa: BLE001 (being written right now: look again at the next poll)
+                pass
+    return False
+
+
+@contextlib.contextmanager
+def _post_mortem_only_on_a_terminal() -> Iterator[None]:
+    """submitit's debug job drops into pdb.post_mortem when the function raises: what you want at a terminal, a hang
+    or a garbled error anywhere else (CI, Snakemake, pytest). Off unless stdin is a terminal."""
+    import pdb
+    import sys
+
+    if sys.stdin is not None and sys.stdin.isatty():
+        yield
+        return
+    original = pdb.post_mortem
+    pdb.post_mortem = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        pdb.post_mortem = original
+
+
 def _collect(job: submitit.Job, cluster: str, state: str, folder: Path) -> LaunchOutcome:
     outcome = LaunchOutcome(job_id=str(job.job_id), cluster=cluster, state=state, folder=folder)
     for index in range(job.num_tasks):
         task = job.task(index)
         paths = task.paths
         t = TaskOutcome(task=index, ok=False, stdout=paths.stdout, stderr=paths.stderr)
-        if cluster == "debug":
-            t.stdout = t.stderr = None  # ran in this process: its output went to this terminal
-            try:
-                t.result, t.ok = task.result(), True
-            except Exception as err:  # noqa: BLE001 (the job's own exception)
-                t.error = f"{type(err).__name__}: {err}"
-        else:
-            _read_result(task, t, wait_s=10 if state in ("COMPLETED", "DONE") else 2)
+        _read_result(task, t, wait_s=10 if state in ("COMPLETED", "DONE") else 2)
         outcome.tasks.append(t)
+    if cluster != "slurm":  # no scheduler state: say what the tasks say
+        outcome.state = "COMPLETED" if outcome.ok else "FAILED"
     return outcome
 
 
@@ -385,6 +435,7 @@ def _read_result(task: submitit.Job, t: TaskOutcome, wait_s: float) -> None:
     except Exception as err:  # noqa: BLE001
         t.error = f"unreadable result file {path}: {err}"
         return
+    t.finished_at = path.stat().st_mtime
     if kind == "success":
         t.ok, t.result = True, value
     else:

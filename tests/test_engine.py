@@ -39,6 +39,7 @@ def experiment(tmp_path: Path, data_root: Path, **sections) -> Path:
     }
     for section, values in sections.items():
         tree.setdefault(section, {}).update(values)
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(tree))
     return path
@@ -71,8 +72,12 @@ def _ok(proc: subprocess.CompletedProcess) -> None:
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_two_gloo_ranks_train_and_resume_equivalently(tmp_path, demo_images, zero_stage):
-    """2 ranks, 2 epochs straight == 1 epoch, stop, resume for the 2nd (same seed, CPU, float tolerance)."""
-    straight = experiment(tmp_path / "a", demo_images, trainer={"zero_stage": zero_stage})
+    """2 ranks, 2 epochs straight == 1 epoch, stop, resume for the 2nd (same seed, CPU, float tolerance).
+
+    FFCV's random crops draw from numba's unseeded per-thread generator, so the comparison runs with
+    data.augment=false; the sample order per epoch, the model, optimizer and schedule state are what resume restores.
+    """
+    straight = experiment(tmp_path / "a", demo_images, trainer={"zero_stage": zero_stage}, data={"augment": False})
     _ok(dst_train(straight, ranks=2))
     full = metrics(tmp_path / "a" / "run")
     assert full["final"]["world_size"] == 2
@@ -83,16 +88,17 @@ def test_two_gloo_ranks_train_and_resume_equivalently(tmp_path, demo_images, zer
     ckpts = tmp_path / "a" / "run" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "epoch0002"
 
-    interrupted = experiment(tmp_path / "b", demo_images, trainer={"zero_stage": zero_stage})
+    interrupted = experiment(tmp_path / "b", demo_images, trainer={"zero_stage": zero_stage}, data={"augment": False})
     _ok(dst_train(interrupted, "trainer.epochs=1", ranks=2))
     assert (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text().strip() == "epoch0001"
     # The schedule depends on the total epochs: the resumed run states the same total as the straight one.
     resumed = dst_train(interrupted, ranks=2)
     _ok(resumed)
     res = metrics(tmp_path / "b" / "run")
-    assert res["final"]["mlflow_run_id"] == full["final"]["mlflow_run_id"] or True  # different stores
-    for key in ("train/loss", "val/fsnn_top1", "val/dsnn_top1", "firing_rate"):
+    for key in ("train/loss", "train/loss_dsnn", "val/fsnn_top1", "val/dsnn_top1"):
         assert res["history"][-1][key] == pytest.approx(full["history"][-1][key], rel=1e-4, abs=1e-5), key
+    # A spike is a threshold on a float sum: reduction-order noise flips a handful of the ~10^6 spikes.
+    assert res["history"][-1]["firing_rate"] == pytest.approx(full["history"][-1]["firing_rate"], rel=2e-3)
 
 
 @pytest.mark.timeout(600)

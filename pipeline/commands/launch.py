@@ -57,8 +57,16 @@ def run(args: argparse.Namespace) -> int:
     def on_state(state: str) -> None:
         print(f"dst launch: job state {state}", flush=True)
 
-    result = launcher.launch(cfg, target=target, payload=payload, wait_for=not args.no_wait,
-                             on_submit=on_submit, on_state=on_state)
+    submitted = []
+    try:
+        result = launcher.launch(cfg, target=target, payload=payload, wait_for=not args.no_wait,
+                                 on_submit=lambda job: (submitted.append(job), on_submit(job)), on_state=on_state)
+    except KeyboardInterrupt:
+        if submitted and settings["cluster"] == "slurm":
+            job_id = submitted[0].job_id
+            print(f"dst launch: interrupted; SLURM job {job_id} keeps running (cancel it: scancel {job_id})",
+                  file=sys.stderr)
+        return 130
     if args.no_wait:
         return 0
     outcome = result

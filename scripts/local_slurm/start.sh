@@ -11,7 +11,7 @@
 #   DST_SLURM_CTLD_PORT  slurmctld port                                                          [16817]
 #   DST_SLURM_NODE_PORTS slurmd ports of node1 and node2                                         ["17001 17002"]
 #   DST_SLURM_CPUS       CPUs per node                                                           [nproc]
-#   DST_SLURM_MEM_MB     memory per node                                                         [40% of RAM, <= 16000]
+#   DST_SLURM_MEM_MB     memory per node                                                         [RAM - 1 GiB]
 #   DST_SLURM_WAIT_S     how long to wait for both nodes to be idle                              [90]
 #   DST_SLURM_NO_INSTALL set to 1 to never apt-get install missing packages
 #
@@ -63,7 +63,9 @@ write_config() {
     local cpus mem_mb total_mb
     cpus=${DST_SLURM_CPUS:-$(nproc)}
     total_mb=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
-    mem_mb=${DST_SLURM_MEM_MB:-$((total_mb * 4 / 10 < 16000 ? total_mb * 4 / 10 : 16000))}
+    # Each "node" offers the whole machine's memory (less 1 GiB), as each slurmd would report it: nothing enforces
+    # memory here (no cgroups), and workflow rules asking 8-16 GB must still be schedulable.
+    mem_mb=${DST_SLURM_MEM_MB:-$((total_mb > 2048 ? total_mb - 1024 : total_mb))}
     mkdir -p "$STATE_DIR"/{etc,state,log,run,munge} "$STATE_DIR"/spool/{node1,node2}
     sed -e "s|@STATE_DIR@|$STATE_DIR|g" -e "s|@CTLD_PORT@|$CTLD_PORT|g" \
         -e "s|@NODE1_PORT@|$NODE1_PORT|g" -e "s|@NODE2_PORT@|$NODE2_PORT|g" \
@@ -108,8 +110,9 @@ start_munge() {
 start_slurm_daemons() {
     if ! live_pid "$STATE_DIR/run/slurmctld.pid" slurmctld >/dev/null; then
         log "starting slurmctld (port $CTLD_PORT)"
-        # -i: a state dir left by a killed machine may hold half-written state files; ignore them.
-        slurmctld -f "$CONF" -i || die "slurmctld failed to start; see $STATE_DIR/log/slurmctld.log"
+        # -c: start clean. A controller that is not running left only jobs whose processes are gone (killed machine,
+        # CI); recovering them would keep the nodes busy or down. -i: ignore half-written state files.
+        slurmctld -f "$CONF" -c -i || die "slurmctld failed to start; see $STATE_DIR/log/slurmctld.log"
     fi
     local n
     for n in "${NODES[@]}"; do
