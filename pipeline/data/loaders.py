@@ -139,10 +139,18 @@ class FfcvLoader:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Batch]:
-        for images, labels in self.loader:
-            if self.mean is not None:
-                images = (images.float() - self.mean) / self.std
-            yield images, labels.view(-1)
+        epoch = iter(self.loader)
+        try:
+            for images, labels in epoch:
+                if self.mean is not None:
+                    images = (images.float() - self.mean) / self.std
+                yield images, labels.view(-1)
+        finally:
+            # A consumer that stops early (max_steps_per_epoch, one saved batch) leaves FFCV's prefetch thread
+            # running; it would keep writing into the batch buffers that the NEXT epoch's iterator reuses. Stop it
+            # and wait for it before anyone iterates again.
+            epoch.close()
+            epoch.join(timeout=60)
 
 
 def build_image_loaders(root: Path, meta: dict, card: dict, data, *, workers: int, eval_batch_size: int,
