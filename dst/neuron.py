@@ -8,6 +8,12 @@ One dynamics definition per neuron (`charge`), shared by every backend. Per time
 with S[t] detached in the reset when detach_reset=True (as SEW ResNet and the DST release).
 Every forward starts from rest (V[-1] = v_reset or 0): no reset call is needed between batches.
 The equations and defaults equal SpikingJelly's IFNode / LIFNode / ParametricLIFNode in step_mode='m'.
+
+Backends (`backend=`): "auto" (default) runs the fused kernels of dst.kernels (Triton on CUDA, numba on CPU for
+float32/float64, a step-wise torch fallback otherwise: one pass over T forward and one backward, only the input kept
+for backward); "torch" runs `multistep_reference`, the plain loop with autograd through every step, which is the
+oracle the kernels are tested against. "triton", "numba" and "eager" force one kernel. Under torch.compile, TorchScript
+tracing, or for a neuron whose `charge` the kernels do not know (a subclass overriding it), "auto" uses the reference.
 """
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ import math
 import torch
 from torch import nn
 
+from dst import kernels
 from dst.surrogate import Surrogate, create_surrogate
 
 
@@ -29,13 +36,15 @@ class MultiStepNeuron(nn.Module):
         surrogate: str | Surrogate | None = "atan",
         alpha: float | None = None,
         detach_reset: bool = True,
-        backend: str = "torch",
+        backend: str = "auto",
     ):
         super().__init__()
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.surrogate = create_surrogate(surrogate, alpha)
         self.detach_reset = bool(detach_reset)
+        if backend not in kernels.BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {kernels.BACKENDS}")
         self.backend = backend
 
     def charge(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +53,17 @@ class MultiStepNeuron(nn.Module):
     def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
         if x_seq.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects [T, N, ...], got shape {tuple(x_seq.shape)}")
-        return self.multistep_reference(x_seq)
+        backend = self.backend
+        if backend == "torch" or _tracing():
+            return self.multistep_reference(x_seq)
+        spec = kernels.neuron_spec(self)
+        if backend == "auto" and (spec is None or not x_seq.is_floating_point()):
+            return self.multistep_reference(x_seq)
+        if spec is None:
+            raise ValueError(f"backend {backend!r} does not know the equations of {type(self).__name__}; "
+                             f"use backend='torch'")
+        k = self.decay(x_seq) if isinstance(self, MultiStepLIF) else None
+        return kernels.multistep(x_seq, spec, k, backend)
 
     def multistep_reference(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The plain loop over T with autograd through every step: the oracle for fused backends."""
@@ -64,6 +83,11 @@ class MultiStepNeuron(nn.Module):
     def extra_repr(self) -> str:
         return (f"v_threshold={self.v_threshold}, v_reset={self.v_reset}, "
                 f"detach_reset={self.detach_reset}, backend={self.backend!r}")
+
+
+def _tracing() -> bool:
+    """torch.compile, torch.jit.trace and scripting see the reference loop (they cannot look inside the kernels)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
 
 
 class MultiStepIF(MultiStepNeuron):
@@ -106,10 +130,12 @@ class MultiStepPLIF(MultiStepLIF):
 
     def __init__(self, init_tau: float = 2.0, decay_input: bool = True, **kw):
         super().__init__(tau=init_tau, decay_input=decay_input, **kw)
-        self.w = nn.Parameter(torch.tensor(-math.log(init_tau - 1.0)))
+        # Shape [1], not a 0-d scalar as in SpikingJelly: DeepSpeed broadcasts parameters as byte views, which a
+        # 0-d tensor cannot give. decay() hands the dynamics a 0-d value as before.
+        self.w = nn.Parameter(torch.full((1,), -math.log(init_tau - 1.0)))
 
     def decay(self, like: torch.Tensor):
-        return self.w.sigmoid().to(like.dtype)
+        return self.w.sigmoid().reshape(()).to(like.dtype)
 
     def extra_repr(self) -> str:
         return f"init_tau={self.tau}, decay_input={self.decay_input}, " + MultiStepNeuron.extra_repr(self)
