@@ -137,7 +137,11 @@ def frame_transform(raw_sensor: tuple[int, int, int], size: int, frames: int, sp
     return T.Compose(steps + [T.ToFrame(sensor_size=target, **bins)])
 
 
-_WORK: dict = {}  # set before the worker pool forks: the tonic dataset and the transform
+_WORK: dict = {}  # per process: the tonic dataset and the transform (set directly, or by _init_worker in a worker)
+
+
+def _init_worker(dataset, transform, frames: int) -> None:
+    _WORK.update(dataset=dataset, transform=transform, frames=frames)
 
 
 def _convert(index: int) -> tuple[np.ndarray, int]:
@@ -162,7 +166,10 @@ def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple
     _WORK.update(dataset=dataset, transform=transform, frames=frames)
     try:
         if workers > 1:
-            pool = multiprocessing.get_context("fork").Pool(workers)
+            # spawn, not fork: forking a process that already runs threads (tqdm's monitor, a previous pool's
+            # handlers, OpenMP) can deadlock the child on a lock held at fork time; seen on the second split.
+            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
+                                                             initargs=(dataset, transform, frames))
             results = pool.imap(_convert, indices, chunksize=8)
         else:
             pool, results = None, map(_convert, indices)
