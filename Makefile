@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CORES ?= 2
+# Workflow rules and tests call the `dst` and `snakemake` commands of the project's environment.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: demo test test-fast venv lint clean-demo help
 
