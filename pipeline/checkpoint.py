@@ -9,12 +9,15 @@ exporting always read a complete checkpoint. Old tags are pruned except latest, 
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import re
 import shutil
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -79,16 +82,82 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, str]:
     raise UsageError(f"{path} is not a checkpoint: expected a 'latest' file or DeepSpeed *model_states.pt files")
 
 
-def _load_module_states(tag_dir: Path) -> dict[str, Any]:
-    files = sorted(tag_dir.glob("mp_rank_*_model_states.pt")) or sorted(tag_dir.glob("*model_states.pt"))
-    if not files:
-        raise UsageError(f"{tag_dir}: no DeepSpeed model_states file")
+# DeepSpeed 0.19 checkpoints hold tensors and builtins, except ZeRO optimizer states, which also pickle these few
+# DeepSpeed types (found with torch.serialization.get_unsafe_globals_in_checkpoint on ZeRO-1/2/3 checkpoints; model
+# states of every stage need none). Allowlisting exactly these lets every load use weights_only=True.
+DEEPSPEED_SAFE_GLOBALS = (("deepspeed.runtime.zero.config", "ZeroStageEnum"),
+                          ("deepspeed.runtime.fp16.loss_scaler", "LossScaler"),
+                          ("deepspeed.runtime.fp16.loss_scaler", "DynamicLossScaler"),
+                          ("deepspeed.utils.tensor_fragment", "fragment_address"))
+
+
+def deepspeed_safe_globals() -> list[Any]:
+    found = []
+    for module, name in DEEPSPEED_SAFE_GLOBALS:
+        try:
+            found.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # another DeepSpeed version: the load names what it refuses
+            pass
+    return found
+
+
+@contextlib.contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every torch.load in this block reads with weights_only=True (tensors, builtins and DEEPSPEED_SAFE_GLOBALS).
+
+    DeepSpeed's own loaders (engine.load_checkpoint's TorchCheckpointEngine, zero_to_fp32) pass weights_only=False
+    explicitly; torch's TORCH_FORCE_WEIGHTS_ONLY_LOAD (read at each call) overrides that, so resuming or exporting a
+    checkpoint never unpickles arbitrary objects from a file someone else may have put in the run directory."""
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
     try:
-        # DeepSpeed stores a few non-tensor objects (its config, versions); weights_only cannot read them, and we
-        # only load files our own training wrote. The model weights themselves are plain tensors.
-        return torch.load(files[0], map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated or corrupted file
-        raise UsageError(f"{files[0]}: cannot read checkpoint ({type(err).__name__}: {err})") from None
+        with torch.serialization.safe_globals(deepspeed_safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
+
+
+def describe_load_error(err: BaseException) -> str:
+    """One line for a failed torch.load: the refused global of a weights-only load, else the first line."""
+    text = str(err)
+    refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if refused:
+        return f"a weights-only load refuses its pickled global {refused.group(1)}; not written by `dst train`?"
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return f"{type(err).__name__}: {first}"
+
+
+def model_states_file(tag_dir: Path) -> Path:
+    files = sorted(Path(tag_dir).glob("mp_rank_*_model_states.pt")) or sorted(Path(tag_dir).glob("*model_states.pt"))
+    if not files:
+        raise UsageError(f"{tag_dir}: no DeepSpeed model_states file (an incomplete checkpoint?)")
+    return files[0]
+
+
+def _load_module_states(tag_dir: Path, mmap: bool = False) -> dict[str, Any]:
+    path = model_states_file(tag_dir)
+    mmap = mmap and zipfile.is_zipfile(path)  # torch can memory-map only its zip format (DeepSpeed's default)
+    try:
+        # weights_only: DeepSpeed's model states (every ZeRO stage) hold only tensors and builtins (see
+        # DEEPSPEED_SAFE_GLOBALS); mmap: reading the client state alone need not read the weights.
+        with weights_only_loads():
+            states = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as err:  # truncated, corrupted, or holding objects a weights-only load refuses
+        raise UsageError(f"{path}: cannot read checkpoint ({describe_load_error(err)})") from None
+    if not isinstance(states, dict):
+        raise UsageError(f"{path}: not a DeepSpeed checkpoint (holds a {type(states).__name__}, not a dict)")
+    return states
+
+
+def read_client_state(tag_dir: Path) -> dict[str, Any]:
+    """Our client state ("dst": epoch, model name/kwargs, config, ...) of a tag, without reading the weights."""
+    client = _load_module_states(tag_dir, mmap=True).get("dst")
+    if not isinstance(client, dict) or "model_name" not in client:
+        raise UsageError(f"{tag_dir}: no DST client state (model_name, model_kwargs): not written by `dst train`")
+    return client
 
 
 def load_for_export(path: str | Path) -> ExportSource:
@@ -102,9 +171,10 @@ def load_for_export(path: str | Path) -> ExportSource:
     if client.get("zero_stage", 0) > 0:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         try:
-            state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
+            with weights_only_loads():  # zero_to_fp32 itself would unpickle with weights_only=False
+                state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
         except Exception as err:
-            raise UsageError(f"{tag_dir}: cannot consolidate ZeRO checkpoint ({type(err).__name__}: {err})") from None
+            raise UsageError(f"{tag_dir}: cannot consolidate ZeRO checkpoint ({describe_load_error(err)})") from None
     else:
         state_dict = states["module"]
     state_dict = {k.removeprefix("module."): (v.float() if v.is_floating_point() else v)

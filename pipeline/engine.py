@@ -21,6 +21,7 @@ import torch
 from pipeline import checkpoint as ckpt
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.errors import UsageError
+from pipeline.tracking import redact_uri
 
 log = logging.getLogger(__name__)
 
@@ -214,11 +215,8 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
     is_rank0 = rank == 0
     out_dir = Path(cfg.output_dir)
     ckpt_dir = out_dir / "checkpoints"
-    if is_rank0:
-        ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".config.yaml.tmp"
-        tmp.write_text(dump_config(cfg))
-        os.replace(tmp, out_dir / "config.yaml")
+    # Nothing is written into output_dir until the inputs have been checked (data, checkpoint, tracking server): a
+    # bad input must leave no partial run behind, nor overwrite the config.yaml of another model's run.
 
     torch.manual_seed(cfg.trainer.seed)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
@@ -235,10 +233,17 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
                              "history": [], "mlflow_run_id": None}
     tag = ckpt.read_pointer(ckpt_dir, "latest") if ckpt_dir.exists() else None
     if tag is not None:
-        _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        # Compare models from the client state first (memory-mapped, cheap): DeepSpeed's strict load_state_dict
+        # would otherwise fail on another architecture with a page of missing/unexpected keys.
+        _check_same_model(ckpt.read_client_state(ckpt_dir / tag), model, ckpt_dir / tag)
+        try:
+            with ckpt.weights_only_loads():  # DeepSpeed's loader passes weights_only=False itself
+                _, client = engine.load_checkpoint(str(ckpt_dir), tag=tag)
+        except Exception as err:  # truncated or corrupted shard, refused pickled object, shape mismatch
+            raise UsageError(f"{ckpt_dir / tag}: cannot resume from this checkpoint "
+                             f"({ckpt.describe_load_error(err)})") from None
         if client is None or "dst" not in client:
             raise UsageError(f"{ckpt_dir / tag}: not a checkpoint written by `dst train`")
-        _check_same_model(client["dst"], model, ckpt_dir / tag)
         state.update({k: client["dst"][k] for k in state})
         if is_rank0:
             log.info("resuming %s from %s (epoch %d)", cfg.name, ckpt_dir / tag, state["epoch"])
@@ -246,6 +251,10 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
     tracker = Tracker(cfg, enabled=is_rank0)
     state["mlflow_run_id"] = tracker.start(state["mlflow_run_id"], run_tags(world_size)) or state["mlflow_run_id"]
     if is_rank0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / ".config.yaml.tmp"
+        tmp.write_text(redact_uri(dump_config(cfg)))  # logged as an artifact: no user:password@ of a URI
+        os.replace(tmp, out_dir / "config.yaml")
         tracker.log_artifact(out_dir / "config.yaml")
     status = "FAILED"
     try:

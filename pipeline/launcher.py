@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
+import re
 import subprocess
 import time
 import traceback
@@ -83,6 +85,14 @@ class RankTask(submitit.helpers.Checkpointable):
         self.attempt = attempt
 
     def __call__(self) -> Any:
+        # The target logs through `logging` (epochs, "resuming ... from"): without a handler, a launched run's logs
+        # would not say where it resumed after a requeue. Only our loggers: submitit's have their own handler.
+        ours = logging.getLogger("pipeline")
+        if not ours.handlers and not logging.getLogger().handlers:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+            ours.addHandler(handler)
+            ours.setLevel(logging.INFO)
         os.environ["DST_LAUNCH_ATTEMPT"] = str(self.attempt)
         try:
             os.environ["DST_LAUNCH_JOB_ID"] = submitit.JobEnvironment().job_id
@@ -253,6 +263,7 @@ class TaskOutcome:
     finished_at: float | None = None  # when its result file was written
     stdout: Path | None = None
     stderr: Path | None = None
+    died_at: float | None = None  # local: when its process was seen gone without a result (SIGKILL, OOM killer)
 
 
 @dataclass
@@ -284,14 +295,37 @@ class LaunchOutcome:
             return ""
         out = [f"job {self.job_id} ({self.cluster}) failed: state {self.state}; "
                f"failed tasks: {', '.join(str(t.task) for t in self.failed)}"]
-        # The first task that raised is the cause: the others usually failed or were killed because of it.
-        first = sorted(self.failed, key=lambda t: (t.finished_at is None, t.finished_at or 0.0, t.task))[0]
+        died = sorted((t for t in self.failed if t.died_at is not None), key=lambda t: (t.died_at, t.task))
+        # On SLURM, srun says which task ended how ("srun: error: node2: task 1: Killed") in the job's log: the one
+        # line that names a rank killed by a signal, whose own log is empty.
+        srun_says = []
+        for t in self.tasks:
+            if t.stderr is not None and t.stderr.exists():
+                srun_says += [m.groups() for m in SRUN_TASK_ERROR.finditer(tail(t.stderr, 200))]
+        for node, ranks, how in dict.fromkeys(srun_says):
+            out.append(f"srun: rank {ranks} on {node}: {how}")
+        if died:
+            # A rank whose process vanished without a result (SIGKILL, the OOM killer) is the cause: the others then
+            # fail in a collective ("connection closed by peer"), which alone would not say which rank died.
+            first = died[0]
+            out.append(f"rank {first.task} died: {first.error}")
+        else:
+            # The first task that raised is the cause: the others usually failed or were killed because of it.
+            first = sorted(self.failed, key=lambda t: (t.finished_at is None, t.finished_at or 0.0, t.task))[0]
         for path in (first.stderr, first.stdout):
             if path is not None and path.exists():
                 out += [f"--- last {lines} lines of {path}", tail(path, lines)]
-        if len(out) == 1 and first.error:
+        if not any(line.startswith("---") for line in out) and first.error:
             out += ["--- error", first.error]
+        raised = [t for t in self.failed if t.died_at is None and t.finished_at is not None]
+        if died and raised:  # what the survivors saw (e.g. gloo's "Connection closed by peer")
+            after = min(raised, key=lambda t: (t.finished_at, t.task))
+            if after.stderr is not None and after.stderr.exists():
+                out += [f"--- then task {after.task} failed; last 10 lines of {after.stderr}", tail(after.stderr, 10)]
         return "\n".join(out)
+
+
+SRUN_TASK_ERROR = re.compile(r"srun: error: (\S+): tasks? ([\d,\-]+): (.+)")
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -342,6 +376,8 @@ def wait(job: submitit.Job, cluster: str, poll_s: float = 2.0, timeout_s: float 
                              folder=folder, tasks=[task])
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     state, unknown, last, first_error = "PENDING", 0, None, None
+    watcher = _LocalTaskWatcher(job) if cluster == "local" else None
+    cancelled = False
     while True:
         if cluster == "slurm":
             got = slurm_state(job.job_id)
@@ -352,14 +388,20 @@ def wait(job: submitit.Job, cluster: str, poll_s: float = 2.0, timeout_s: float 
         else:
             if job.done():
                 state = "DONE"
+                if watcher is not None and not cancelled:
+                    watcher.poll(final=True)  # a rank may have died since the last poll, the others then failed
                 break
             state = "RUNNING"
-            # Local tasks are independent processes: when one rank raised, the others would wait in a collective
-            # until it times out. Stop them after a short grace (srun --kill-on-bad-exit does this on SLURM).
+            # Local tasks are independent processes: when one rank raised or died, the others would wait in a
+            # collective until it times out. Stop them after a short grace (srun --kill-on-bad-exit does this on
+            # SLURM). Deaths are only looked for before that: the cancel itself kills tasks.
+            if watcher is not None and first_error is None and watcher.poll():
+                first_error = time.monotonic()
             if first_error is None and _any_task_failed(job):
                 first_error = time.monotonic()
             if first_error is not None and time.monotonic() - first_error > LOCAL_FAILURE_GRACE_S:
                 job.cancel(check=False)
+                cancelled = True
         if on_state is not None and state != last:
             on_state(state)
         last = state
@@ -368,10 +410,75 @@ def wait(job: submitit.Job, cluster: str, poll_s: float = 2.0, timeout_s: float 
         time.sleep(poll_s)
     if on_state is not None and state != last:
         on_state(state)
-    return _collect(job, cluster, state, folder)
+    outcome = _collect(job, cluster, state, folder)
+    if watcher is not None:
+        for t in outcome.tasks:
+            if not t.ok and t.task in watcher.died and t.finished_at is None:
+                t.died_at = watcher.died[t.task]
+                pid = watcher.pids.get(t.task)
+                t.error = (f"its process{f' (pid {pid})' if pid else ''} ended without writing a result: killed by "
+                           f"a signal (SIGKILL, the OOM killer?) or exited abruptly; see its log {t.stderr}")
+    return outcome
 
 
 LOCAL_FAILURE_GRACE_S = 5.0
+
+
+class _LocalTaskWatcher:
+    """Finds the local executor's task processes (children of its controller, with SUBMITIT_LOCAL_GLOBALID in their
+    environment) and notices one that disappears without a result file: a rank killed by SIGKILL or the OOM killer
+    writes nothing, so without this the launcher could only report the collective errors of the surviving ranks."""
+
+    def __init__(self, job: submitit.Job) -> None:
+        self.job = job
+        process = getattr(job, "_process", None)
+        self.controller = process.pid if process is not None else None
+        self.pids: dict[int, int] = {}
+        self.died: dict[int, float] = {}
+
+    def poll(self, final: bool = False) -> bool:
+        """True when a task died without a result since the last poll. final: the job has ended by itself (not
+        cancelled), so every task without a result died, whether or not its process was seen."""
+        if self.controller is None or not os.path.isdir("/proc"):
+            return False
+        if len(self.pids) < self.job.num_tasks and not final:
+            self.pids.update({k: v for k, v in _task_processes(self.controller).items() if k not in self.pids})
+        newly = False
+        for task in range(self.job.num_tasks):
+            if task in self.died or (not final and (task not in self.pids or _process_alive(self.pids[task]))):
+                continue
+            if not self.job.task(task).paths.result_pickle.exists():  # a task writes its result before it exits
+                self.died[task] = time.time()
+                newly = True
+        return newly
+
+
+def _task_processes(controller_pid: int) -> dict[int, int]:
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            if ppid != controller_pid:
+                continue
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        for item in environ:
+            if item.startswith(b"SUBMITIT_LOCAL_GLOBALID="):
+                found[int(item.split(b"=", 1)[1])] = int(entry)
+    return found
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")  # a zombie has ended
+    except (OSError, IndexError):
+        return False
 
 
 def _any_task_failed(job: submitit.Job) -> bool:

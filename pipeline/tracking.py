@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import subprocess
 import time
@@ -41,14 +42,24 @@ def _quiet_mlflow_env() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
 
+# user:password@ in a URL (e.g. tracking.uri=https://me:token@mlflow.example.org): a secret that must not reach
+# MLflow params, the logged config.yaml, or error messages in logs.
+_URL_CREDENTIALS = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/\s@]+@")
+
+
+def redact_uri(text: str) -> str:
+    """`scheme://user:secret@host/...` -> `scheme://***@host/...` (anywhere in `text`)."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
 def check_reachable(uri: str) -> None:
-    """Raise UsageError naming the URI if the tracking store cannot be used."""
+    """Raise UsageError naming the URI (without credentials) if the tracking store cannot be used."""
     from mlflow.tracking import MlflowClient
     try:
         MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
     except Exception as err:
-        raise UsageError(f"MLflow tracking server {uri} is not reachable: {type(err).__name__}: "
-                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+        raise UsageError(f"MLflow tracking server {redact_uri(uri)} is not reachable: {type(err).__name__}: "
+                         f"{redact_uri(str(err).splitlines()[0]) if str(err) else ''}") from None
 
 
 class Tracker:
@@ -80,10 +91,10 @@ class Tracker:
         if resume_run_id is None:
             params = flatten(self.cfg.model_dump(mode="json"))
             # MLflow params are strings of at most 6000 chars; log them in batches of 100 (the API limit).
-            items = [(k, "" if v is None else str(v)[:6000]) for k, v in params.items()]
+            items = [(k, "" if v is None else redact_uri(str(v))[:6000]) for k, v in params.items()]
             for i in range(0, len(items), 100):
                 self._call(mlflow.log_params, dict(items[i:i + 100]))
-        self._call(mlflow.set_tags, {**t.tags, **tags})
+        self._call(mlflow.set_tags, {k: redact_uri(str(v)) for k, v in {**t.tags, **tags}.items()})
         return self.run_id
 
     def _call(self, fn: Callable, *args: Any, **kw: Any) -> None:

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
+import sys
+import threading
 from pathlib import Path
+from typing import Iterator
 
 from pipeline.errors import UsageError
 
@@ -53,7 +59,59 @@ def configure(parser: argparse.ArgumentParser) -> None:
                    help="also write a CIFAR10-DVS-style tree of 1000 .aedat4 files (cifar10_dvs/)")
 
 
+class Terminated(SystemExit):
+    """SIGTERM (SLURM preemption or time limit, scancel, Snakemake stopping): unwinds like an exception."""
+
+
+@contextlib.contextmanager
+def exit_cleanly_on_sigterm() -> Iterator[None]:
+    """Python's default SIGTERM action ends the process at once: no `finally` runs, so writer processes are orphaned
+    and temporary files stay behind. Raise instead, so atomic_outputs deletes its temporaries and the writer pools
+    are stopped; the final names never appear (they only ever hold complete files). Forked workers inherit the
+    handler and keep the default action. A SIGKILL cannot be caught: the next run removes what it left
+    (common.remove_stale_temps)."""
+    main_pid = os.getpid()
+    announced = []
+
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker: die as the default action would
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        if not announced:
+            announced.append(signum)
+            print(f"dst data: {signal.Signals(signum).name} received: stopping; partial outputs are removed",
+                  file=sys.stderr, flush=True)
+        raise Terminated(128 + signum)
+
+    def unraisable(info) -> None:
+        # Raised where Python ignores exceptions (an os.fork hook, a finaliser: seen when the signal lands while the
+        # FFCV writer forks its workers): the run would go on as if nothing happened. Deliver the signal again.
+        if isinstance(info.exc_value, Terminated) and os.getpid() == main_pid:
+            again = threading.Timer(0.2, os.kill, (main_pid, signal.SIGTERM))
+            again.daemon = True
+            again.start()
+            return
+        previous_hook(info)
+
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    previous, previous_hook = signal.signal(signal.SIGTERM, handler), sys.unraisablehook
+    sys.unraisablehook = unraisable
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        sys.unraisablehook = previous_hook
+
+
 def run(args: argparse.Namespace) -> int:
+    with exit_cleanly_on_sigterm():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.data_command == "imagenet":
         from pipeline.data.imagenet import prepare_imagenet
 

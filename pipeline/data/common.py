@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -33,10 +34,40 @@ def temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(path: Path) -> list[Path]:
+    """Delete temp_name(path) files (or folders) left by a run that was killed (SIGKILL, OOM, node failure) before
+    it could clean up: a prepared ImageNet split is tens of GB, and a rerun writes under its own pid. Temps of a
+    process still alive on this machine are left alone (a concurrent run)."""
+    removed = []
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
+        if stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+        removed.append(stale)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_outputs(paths: list[Path]) -> Iterator[list[Path]]:
     """Yield temporary names for `paths`; rename them all into place only if the block completes,
     else delete them: a failed or interrupted run leaves no partial output under the final names."""
+    for p in paths:
+        remove_stale_temps(p)
     temps = [temp_name(p) for p in paths]
     try:
         yield temps
@@ -56,6 +87,8 @@ def write_meta(path: Path, meta: dict) -> None:
 
 def read_meta(root: Path) -> dict:
     path = root / META_FILE
+    if not root.exists():  # say so plainly (a typo in data.root), rather than "meta.json is missing"
+        raise UsageError(f"prepared data folder {root} does not exist (check data.root, or run `dst data ...` first)")
     if not path.is_file():
         raise UsageError(f"{path} is missing: {root} is not a prepared dataset folder (run `dst data ...` first)")
     try:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipeline.data.aedat4 import write_aedat4
 from pipeline.data.cards import load_card
-from pipeline.data.common import temp_name
+from pipeline.data.common import remove_stale_temps, temp_name
 
 LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")  # as in DVS128 Gesture
 TRAIN_USERS = range(1, 24)  # DVS128 Gesture: users 1-23 train, 24-29 test
@@ -37,6 +37,7 @@ def generate_demo(out: Path, seed: int = 0, cifar10_dvs: bool = False) -> dict[s
         jobs.append(("cifar10_dvs", write_cifar10_dvs_tree))
     for i, (name, write) in enumerate(jobs):
         final = out / name
+        remove_stale_temps(final)  # left by a killed run
         tmp = temp_name(final)
         shutil.rmtree(tmp, ignore_errors=True)
         try:

@@ -62,6 +62,11 @@ class BetonWriter(DatasetWriter):
             for p in processes:
                 if p.is_alive():
                     p.terminate()
-                    p.join()
+                    # A worker that cannot act on SIGTERM (stopped, or stuck in the kernel) would make this join
+                    # wait forever, and the interrupted run would never reach the clean-up of its temporary files.
+                    p.join(5)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
             self.metadata_sm.close()
             self.metadata_sm.unlink()

@@ -216,8 +216,11 @@ class FramesLoader:
 
     def __init__(self, frames_path: Path, labels_path: Path, *, batch_size: int, train: bool, seed: int,
                  rank: int, world_size: int, workers: int, augment: dict | None = None, device: str = "cpu"):
-        self.frames = np.load(frames_path, mmap_mode="r")
-        self.labels = np.load(labels_path)
+        self.frames = load_npy(frames_path, mmap_mode="r")
+        self.labels = load_npy(labels_path)
+        if self.frames.ndim != 5 or self.labels.ndim != 1:
+            raise UsageError(f"{frames_path} / {labels_path}: arrays of shape {self.frames.shape} / "
+                             f"{self.labels.shape}, expected [N, T, 2, H, W] frames and [N] labels: corrupt files?")
         if len(self.labels) != len(self.frames):
             raise UsageError(f"{labels_path} has {len(self.labels)} labels for {len(self.frames)} samples "
                              f"in {frames_path}")
@@ -253,6 +256,16 @@ class FramesLoader:
             if cuda:
                 inputs, labels = inputs.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             yield inputs, labels
+
+
+def load_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    """np.load naming the file when it fails: a corrupted header (same size, so check_file_size passed) otherwise
+    ends in a numpy traceback that says neither which file nor what to do. Never unpickles (allow_pickle=False)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise UsageError(f"prepared file {path} is corrupt ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); prepare it again") from None
 
 
 def check_frames_file(path: Path, expected_bytes: int) -> None:
