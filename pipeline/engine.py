@@ -102,6 +102,32 @@ def deepspeed_config(cfg: ExperimentConfig) -> dict[str, Any]:
     return ds
 
 
+def average_norm_stats(model: torch.nn.Module, world_size: int) -> None:
+    """Average BatchNorm running statistics over ranks once per epoch (as timm's distribute_bn): each rank only saw
+    its own shard, and without this every rank evaluates with different statistics while the checkpoint keeps rank
+    0's, so a resumed run would evaluate differently from an uninterrupted one."""
+    import torch.distributed as dist
+    if world_size < 2:
+        return
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            for buf in (m.running_mean, m.running_var):
+                if buf is not None:
+                    dist.all_reduce(buf)
+                    buf.div_(world_size)
+
+
+def match_norm_buffers(model: torch.nn.Module) -> None:
+    """DeepSpeed's bf16/fp16 modes cast parameters but not buffers; BatchNorm then sees bf16 weights with fp32
+    running statistics, which the CPU kernel rejects. Cast the statistics like `module.half()` would."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.weight is not None:
+            for name in ("running_mean", "running_var"):
+                buf = getattr(m, name)
+                if buf is not None and buf.dtype != m.weight.dtype:
+                    setattr(m, name, buf.to(m.weight.dtype))
+
+
 def input_dtype(cfg: ExperimentConfig) -> torch.dtype:
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[cfg.trainer.precision]
 
@@ -227,6 +253,7 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
+    match_norm_buffers(engine.module)
     criterion = DSTLoss(cfg.loss.fsnn_weight, cfg.loss.dsnn_weight, cfg.loss.label_smoothing)
 
     state: dict[str, Any] = {"epoch": 0, "global_step": 0, "best_metric": None, "best_epoch": None,
@@ -266,6 +293,7 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
                 loaders.train.set_epoch(epoch)
             metrics = train_one_epoch(engine, criterion, loaders.train, epoch, cfg, is_rank0)
             metrics["lr"] = lr
+            average_norm_stats(engine.module, world_size)
             last = epoch + 1 == cfg.trainer.epochs
             if (epoch + 1) % cfg.trainer.eval_every == 0 or last:
                 metrics.update(evaluate(engine.module, loaders.val, cfg, engine.device, is_rank0))
