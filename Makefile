@@ -7,7 +7,7 @@ CORES ?= 2
 # Workflow rules and tests call the `dst` and `snakemake` commands of the project's environment.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: demo test test-fast venv lint clean-demo help
+.PHONY: demo test test-fast venv lint clean-demo help bench bench-deps
 
 help:
 	@echo "make demo   - run the whole workflow (data -> train -> export -> evaluate -> report) on the demo data"
@@ -37,3 +37,11 @@ lint: $(STAMP)
 
 clean-demo:
 	rm -rf datasets/raw/demo datasets/prepared/demo runs/demo results/demo .snakemake
+
+# SpikingJelly is a peer we benchmark against, never a dependency: it requires torchvision/torchaudio (which would
+# pull a CUDA torch), so it is installed with --no-deps, plus its one runtime need, loguru.
+bench-deps: $(STAMP)
+	$(VENV)/bin/pip install -q -c constraints.txt --no-deps spikingjelly==2.0.0 loguru
+
+bench: bench-deps
+	$(PY) benchmarks/run_all.py

@@ -10,8 +10,8 @@ Every forward starts from rest (V[-1] = v_reset or 0): no reset call is needed b
 The equations and defaults equal SpikingJelly's IFNode / LIFNode / ParametricLIFNode in step_mode='m'.
 
 Backends (`backend=`): "auto" (default) runs the fused kernels of dst.kernels (Triton on CUDA, numba on CPU for
-float32/float64, a step-wise torch fallback otherwise: one pass over T forward and one backward, only the input kept
-for backward); "torch" runs `multistep_reference`, the plain loop with autograd through every step, which is the
+float32/float64/bfloat16, a step-wise torch fallback otherwise: one pass over T forward and one backward, only the
+input kept for backward); "torch" runs `multistep_reference`, the plain loop with autograd through every step, the
 oracle the kernels are tested against. "triton", "numba" and "eager" force one kernel. Under torch.compile, TorchScript
 tracing, or for a neuron whose `charge` the kernels do not know (a subclass overriding it), "auto" uses the reference.
 """

@@ -1,0 +1,90 @@
+"""Benchmark 2, train-step: one full training step (forward, loss, backward, SGD step), no DeepSpeed.
+
+fsnn_resnet18 without the AAP against SpikingJelly's SEW-ResNet-18 with the same connect function (IAND), IF neurons,
+T = 4, same batch and resolution (see steps.py); and the AAP's overhead: fsnn_resnet18 with vs without the AAP.
+Extra rows check whether channels-last and bfloat16 autocast pay for ours, and what the fused neurons bring (ours
+with the reference neuron loop).
+
+Targets: SpikingJelly / ours >= 1.3; AAP overhead (with / without - 1) < 10%.
+Prints a table, then one JSON line {"name": "train-step", "ratio": ..., "target": ..., "met": ..., ...}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (best_ratio, emit, environment, median_ms, min_ms, paired_ratio, table,  # noqa: E402
+                    time_interleaved)
+
+import torch  # noqa: E402
+
+from steps import STEPS, n_params  # noqa: E402
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--T", type=int, default=4)
+    p.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 64 on GPU")
+    p.add_argument("--res", type=int, default=None, help="default 128 on CPU, 224 on GPU")
+    p.add_argument("--rounds", type=int, default=None, help="default 5 on CPU, 10 on GPU")
+    p.add_argument("--contestants", nargs="+", default=list(STEPS))
+    args = p.parse_args(argv)
+    cuda = args.device.startswith("cuda")
+    device = "cuda" if cuda else "cpu"
+    batch = args.batch or (64 if cuda else 8)
+    res = args.res or (224 if cuda else 128)
+    rounds = args.rounds or (10 if cuda else 6)
+
+    steps, params, errors = {}, {}, {}
+    for name in args.contestants:
+        try:
+            steps[name], model = STEPS[name](args.T, batch, res, device)
+            params[name] = n_params(model)
+            del model
+        except Exception as e:  # noqa: BLE001 - a contestant that cannot run is reported, the others still run
+            errors[name] = f"{type(e).__name__}: {e}"
+    times = time_interleaved(steps, rounds, warmup=2, device=device)
+
+    rows = []
+    for name, ts in times.items():
+        row = {"contestant": name, "ms/step": min_ms(ts), "median ms/step": median_ms(ts),
+               "params (M)": round(params[name] / 1e6, 3)}
+        if name != "ours":
+            row["time / ours"] = best_ratio(ts, times["ours"])
+            row["time / ours (median of rounds)"] = paired_ratio(ts, times["ours"])
+        rows.append(row)
+    ratio = best_ratio(times["sj"], times["ours"]) if "sj" in times else None
+    aap_overhead = round(best_ratio(times["ours-aap"], times["ours"]) - 1.0, 3) if "ours-aap" in times else None
+    pays = {}
+    for variant in ("ours-channels-last", "ours-bf16"):
+        if variant in times:
+            pays[variant] = best_ratio(times["ours"], times[variant])  # > 1: the variant is faster
+    if "sj-bf16" in times and "ours-bf16" in times:
+        pays["sj-bf16 / ours-bf16"] = best_ratio(times["sj-bf16"], times["ours-bf16"])
+
+    env = environment(args.device)
+    print(f"train step, T={args.T}, batch {batch}, {res}x{res}, device {device}, {env['threads']} threads, "
+          f"load {env.get('load_avg_1m')}")
+    print(f"best of {rounds} interleaved rounds")
+    print(table(rows, ["contestant", "ms/step", "median ms/step", "time / ours", "time / ours (median of rounds)",
+                       "params (M)"]))
+    if errors:
+        print(f"could not run: {errors}")
+    print(f"\nSpikingJelly / ours = {ratio} (target >= 1.3); AAP overhead = {aap_overhead} (target < 0.10); "
+          f"speedup of variants over ours, and bf16 against bf16: {pays}")
+    emit({
+        "name": "train-step", "ratio": ratio, "target": {"vs_sj": 1.3, "aap_overhead_max": 0.10},
+        "met": bool(ratio is not None and ratio >= 1.3 and aap_overhead is not None and aap_overhead < 0.10),
+        "aap_overhead": aap_overhead, "variant_speedup_over_ours": pays,
+        "ms_per_step_best": {n: min_ms(t) for n, t in times.items()},
+        "ms_per_step_median": {n: median_ms(t) for n, t in times.items()}, "params": params,
+        "config": {"T": args.T, "batch": batch, "res": res, "rounds": rounds},
+        "errors": errors, "env": env,
+    })
+
+
+if __name__ == "__main__":
+    main()

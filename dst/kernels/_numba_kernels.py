@@ -1,0 +1,271 @@
+"""Numba kernels of the fused multi-step neuron (CPU: float32, float64 and bfloat16). Imported lazily: numba is
+optional.
+
+Work is split into blocks of B elements, run in parallel (prange); inside a block the loop over T keeps V in a small
+buffer, so forward reads X once and writes S once. Backward recomputes H for the block into a T x B scratch that stays
+in cache, then runs the BPTT recurrence backwards: it reads X and dL/dS once and writes dL/dX once. Nothing but X is
+kept between forward and backward.
+
+Vectorisation: each per-step loop lives in its own small function (inline="never") over 1-D slices starting at 0, with
+error_model="numpy" (no ZeroDivisionError check in the surrogate's division). In that form LLVM vectorises every loop
+(AVX-512 here) and unswitches the flag branches; written as one big loop nest it ran scalar, about 4x slower.
+
+Dtypes: arrays are float32/float64, or bfloat16 passed as uint16 bit patterns. The same code serves all three through
+`_ld` / `_st` / `_rnd`, which are plain loads, stores and identities for float arrays; for bfloat16 they widen to
+float32, round to nearest even on store, and round every intermediate of the forward to bfloat16 exactly as eager
+PyTorch does after each bf16 operation, so spikes stay bit-identical to the reference loop. Backward arithmetic is
+float32 for bfloat16 (dL/dX rounded once at the end).
+
+Arrays are passed as 1-D contiguous buffers plus a row stride (rows may be 0 apart for an expanded input). Constants
+come in `c`, in the compute dtype (float32 for bfloat16): see the C_* indices and dst/kernels/cpu.py's _constants,
+which rounds them the way eager PyTorch on CPU treats a Python scalar (add/sub: cast to the tensor dtype; mul: kept in
+the compute dtype, product rounded); a, ha = (pi/2*alpha, alpha/2) for ATan and (alpha, alpha) for Sigmoid. The
+formulas and their order mirror dst/neuron.py's charge and multistep_reference exactly (see dst/kernels/spec.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic, overload
+
+C_TH, C_RESET, C_REST, C_K, C_A, C_HA, C_ONE, C_ZERO, C_TH_R, C_RESET_R, C_V0 = range(11)
+
+_step = njit(cache=True, inline="never", error_model="numpy")
+_kernel = njit(parallel=True, cache=True, error_model="numpy")
+
+
+# ---------------------------------------------------------------------------------------------------- bfloat16 bits
+@intrinsic
+def _bits_as_f32(typingctx, u):
+    """The float32 whose bit pattern is the low 32 bits of the integer u."""
+    if not isinstance(u, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        v = args[0]
+        if u.bitwidth > 32:
+            v = builder.trunc(v, ir.IntType(32))
+        elif u.bitwidth < 32:
+            v = builder.zext(v, ir.IntType(32))
+        return builder.bitcast(v, ir.FloatType())
+    return types.float32(u), codegen
+
+
+@intrinsic
+def _f32_bits(typingctx, f):
+    if f != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+    return types.uint32(types.float32), codegen
+
+
+@njit(cache=True, inline="always")
+def _bf16_round_bits(f):
+    """float32 -> its bfloat16 rounding (nearest even) as float32 bits (c10::BFloat16's rule; NaN kept)."""
+    u = np.int64(_f32_bits(f))
+    if (u & 0x7FFFFFFF) > 0x7F800000:
+        return u
+    return (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+
+
+def _ld(a, j):
+    """a[j] in the compute dtype."""
+
+
+def _st(a, j, f):
+    """a[j] = f, rounded to a's dtype."""
+
+
+def _rnd(f, like):
+    """f rounded to the dtype of the array `like` (the identity unless it holds bfloat16)."""
+
+
+def _is_bf16(a) -> bool:
+    return isinstance(a, types.Array) and a.dtype == types.uint16
+
+
+@overload(_ld)
+def _ld_impl(a, j):
+    if _is_bf16(a):
+        return lambda a, j: _bits_as_f32(np.uint32(a[j]) << 16)
+    return lambda a, j: a[j]
+
+
+@overload(_st)
+def _st_impl(a, j, f):
+    if _is_bf16(a):
+        def st(a, j, f):
+            a[j] = np.uint16(_bf16_round_bits(f) >> 16)
+        return st
+
+    def st_plain(a, j, f):
+        a[j] = f
+    return st_plain
+
+
+@overload(_rnd)
+def _rnd_impl(f, like):
+    if _is_bf16(like):
+        return lambda f, like: _bits_as_f32(_bf16_round_bits(f))
+    return lambda f, like: f
+
+
+# ---------------------------------------------------------------------------------------------------- one step
+@njit(cache=True, inline="always")
+def _charge(vv, x, kind, rest, k, like):
+    if kind == 0:
+        return _rnd(vv + x, like)
+    if kind == 1:
+        return _rnd(vv + _rnd(_rnd(x - _rnd(vv - rest, like), like) * k, like), like)
+    return _rnd(_rnd(vv - _rnd(_rnd(vv - rest, like) * k, like), like) + x, like)
+
+
+@njit(cache=True, inline="always")
+def _after_reset(h, fired, hard, reset_r, th_r, like):
+    if fired:
+        return reset_r if hard else _rnd(h - th_r, like)
+    return h
+
+
+@_step
+def _charge_fire(v, xt, ot, kind, hard, th, reset_r, th_r, rest, k, one, zero):
+    """One forward step: H = charge(V, X); S = H - th >= 0; V = reset(H, S). Writes S to ot."""
+    for j in range(xt.shape[0]):
+        h = _charge(v[j], _ld(xt, j), kind, rest, k, xt)
+        fired = h - th >= zero
+        _st(ot, j, one if fired else zero)
+        v[j] = _after_reset(h, fired, hard, reset_r, th_r, xt)
+
+
+@_step
+def _charge_keep(v, xt, ht, kind, hard, th, reset_r, th_r, rest, k, zero):
+    """The same step, keeping H (backward's recompute)."""
+    for j in range(xt.shape[0]):
+        h = _charge(v[j], _ld(xt, j), kind, rest, k, xt)
+        ht[j] = h
+        v[j] = _after_reset(h, h - th >= zero, hard, reset_r, th_r, xt)
+
+
+@_step
+def _sigmoid_surrogate(ht, st, th, a, ha, one):
+    """Sigmoid's surrogate gradient in a loop of its own: exp has no vector form here, so this loop runs scalar and
+    is kept out of the vectorised recurrence. (ATan's is computed inside _bptt_atan.)"""
+    for j in range(ht.shape[0]):
+        sig = one / (one + np.exp(-(a * (ht[j] - th))))
+        st[j] = ha * sig * (one - sig)
+
+
+@_step
+def _dk(hp, xt, dkt, first, kind, hard, th, reset_r, th_r, rest, v0, zero):
+    """dH[t]/dk = X[t] - (V[t-1] - rest) (LIF) or -(V[t-1] - rest) (no decay_input), V[t-1] from H[t-1]."""
+    for j in range(xt.shape[0]):
+        if first:
+            vp = v0
+        else:
+            h = hp[j]
+            vp = _after_reset(h, h - th >= zero, hard, reset_r, th_r, xt)
+        if kind == 1:
+            dkt[j] = _ld(xt, j) - (vp - rest)
+        else:
+            dkt[j] = rest - vp
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _bptt_element(h, sg, go, gv, kind, hard, detach, th, reset, k, one_minus_k, one, zero):
+    """(dL/dX[t], dL/dV[t-1], dL/dH[t]) of one element: dL/dH = dL/dS * sg + dL/dV[t] * dV/dH."""
+    if hard:
+        dvdh = zero if h - th >= zero else one
+        if not detach:
+            dvdh = dvdh + (reset - h) * sg
+    else:
+        dvdh = one
+        if not detach:
+            dvdh = dvdh - th * sg
+    gh = go * sg + gv * dvdh
+    if kind == 0:
+        return gh, gh, gh
+    if kind == 1:
+        return gh * k, gh * one_minus_k, gh
+    return gh, gh * one_minus_k, gh
+
+
+@_step
+def _bptt_atan(ht, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, a, ha, one, zero):
+    """One backward step with ATan's surrogate (alpha/2 / (1 + (pi/2 alpha u)^2)) computed inline."""
+    one_minus_k = one - k
+    for j in range(ht.shape[0]):
+        h = ht[j]
+        y = a * (h - th)
+        sg = (one / (one + y * y)) * ha
+        gx, gv[j], gh = _bptt_element(h, sg, _ld(gt, j), gv[j], kind, hard, detach, th, reset, k, one_minus_k,
+                                      one, zero)
+        _st(gxt, j, gx)
+        if learn_k:
+            acc[j] += gh * dkt[j]
+
+
+@_step
+def _bptt_table(ht, st, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, one, zero):
+    """One backward step with a precomputed surrogate gradient st (Sigmoid)."""
+    one_minus_k = one - k
+    for j in range(ht.shape[0]):
+        gx, gv[j], gh = _bptt_element(ht[j], st[j], _ld(gt, j), gv[j], kind, hard, detach, th, reset, k,
+                                      one_minus_k, one, zero)
+        _st(gxt, j, gx)
+        if learn_k:
+            acc[j] += gh * dkt[j]
+
+
+# ---------------------------------------------------------------------------------------------------- the kernels
+@_kernel
+def forward(x, x_rs, out, T, M, B, c, kind, hard):
+    th, rest, k, one, zero = c[C_TH], c[C_REST], c[C_K], c[C_ONE], c[C_ZERO]
+    reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
+    nblk = (M + B - 1) // B
+    for b in prange(nblk):
+        lo = b * B
+        n = min(B, M - lo)
+        v = np.empty(n, dtype=c.dtype)
+        v[:] = v0
+        for t in range(T):
+            _charge_fire(v, x[t * x_rs + lo: t * x_rs + lo + n], out[t * M + lo: t * M + lo + n],
+                         kind, hard, th, reset_r, th_r, rest, k, one, zero)
+
+
+@_kernel
+def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, learn_k, partial):
+    th, reset, rest, k, a, ha = c[C_TH], c[C_RESET], c[C_REST], c[C_K], c[C_A], c[C_HA]
+    one, zero = c[C_ONE], c[C_ZERO]
+    reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
+    nblk = (M + B - 1) // B
+    for b in prange(nblk):
+        lo = b * B
+        n = min(B, M - lo)
+        hb = np.empty((T, n), dtype=c.dtype)                   # H[t]
+        sb = np.empty((T, n) if sigmoid else (T, 0), dtype=c.dtype)   # Sigmoid's surrogate gradient at H[t]
+        v = np.empty(n, dtype=c.dtype)
+        v[:] = v0
+        for t in range(T):
+            _charge_keep(v, x[t * x_rs + lo: t * x_rs + lo + n], hb[t], kind, hard, th, reset_r, th_r, rest, k,
+                         zero)
+            if sigmoid:
+                _sigmoid_surrogate(hb[t], sb[t], th, a, ha, one)
+        gv = v                                   # reuse: dL/dV[t] arriving from step t+1
+        gv[:] = zero
+        dkt = np.empty(n if learn_k else 0, dtype=c.dtype)
+        acc = np.zeros(n if learn_k else 0, dtype=np.float64)
+        for t in range(T - 1, -1, -1):
+            xt = x[t * x_rs + lo: t * x_rs + lo + n]
+            if learn_k:
+                _dk(hb[t - 1] if t > 0 else hb[t], xt, dkt, t == 0, kind, hard, th, reset_r, th_r, rest, v0, zero)
+            gt = g[t * g_rs + lo: t * g_rs + lo + n]
+            gxt = gx[t * M + lo: t * M + lo + n]
+            if sigmoid:
+                _bptt_table(hb[t], sb[t], gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, one, zero)
+            else:
+                _bptt_atan(hb[t], gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, a, ha, one, zero)
+        if learn_k:
+            partial[b] = acc.sum()

@@ -1,0 +1,229 @@
+"""Fused multi-step neuron implementations that run without a GPU.
+
+- `NumbaImpl`: compiled loops (numba; float32, float64 and bfloat16 CPU tensors): one pass over T forward, one backward.
+- `EagerImpl`: the same algorithm with plain torch ops, one time step at a time (any device and float dtype, e.g.
+  float16 on CPU, CUDA without Triton, or no numba). No autograd graph per step, and only X is kept for backward.
+
+Both keep only the input X between forward and backward and recompute H[t] in backward (H is cheap to recompute,
+while storing it would cost a [T, ...] tensor per neuron).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from dst.kernels.layout import rows_layout
+from dst.kernels.spec import IF, LIF, NeuronSpec
+from dst.surrogate import SURROGATE_GRADS, heaviside
+
+FORWARD_BLOCK = 4096
+
+
+def _backward_block(T: int) -> int:
+    # Backward keeps two T x B scratch buffers per block (H and the surrogate gradient): keep them within L2.
+    return max(256, min(4096, (16384 // max(T, 1)) // 64 * 64))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The torch formulas (EagerImpl), in the reference's operation order
+# ----------------------------------------------------------------------------------------------------------------------
+def charge(spec: NeuronSpec, v: torch.Tensor, x: torch.Tensor, k) -> torch.Tensor:
+    """dst.neuron's charge for spec.kind, same operations in the same order (bit-identical results)."""
+    if spec.kind == IF:
+        return v + x
+    if spec.kind == LIF:
+        return v + (x - (v - spec.rest)) * k
+    return v - (v - spec.rest) * k + x
+
+
+def after_reset(spec: NeuronSpec, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    if spec.v_reset is None:
+        return h - spec.v_threshold * s
+    return h * (1.0 - s) + spec.v_reset * s
+
+
+class EagerImpl:
+    name = "eager"
+
+    @staticmethod
+    def supports(x: torch.Tensor, spec: NeuronSpec) -> bool:
+        return x.is_floating_point() and spec.surrogate in SURROGATE_GRADS
+
+    @staticmethod
+    def forward(x: torch.Tensor, spec: NeuronSpec, k) -> torch.Tensor:
+        out = torch.empty_like(x)
+        v = torch.full_like(x[0], spec.rest)
+        for t in range(x.shape[0]):
+            h = charge(spec, v, x[t], k)
+            s = heaviside(h - spec.v_threshold)
+            out[t] = s
+            v = after_reset(spec, h, s)
+        return out
+
+    @staticmethod
+    def backward(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k):
+        T = x.shape[0]
+        gx = torch.empty_like(x)
+        # Recompute H into the gradient buffer; step t is overwritten by dL/dX[t] once H[t] (and H[t-1]) are used.
+        v = torch.full_like(x[0], spec.rest)
+        for t in range(T):
+            h = charge(spec, v, x[t], k)
+            gx[t] = h
+            v = after_reset(spec, h, heaviside(h - spec.v_threshold))
+        surrogate_grad = SURROGATE_GRADS[spec.surrogate]
+        gv = None
+        gk = torch.zeros((), dtype=torch.float64, device=x.device) if spec.learn_k else None
+        for t in range(T - 1, -1, -1):
+            h = gx[t]  # read before gx[t] is overwritten below
+            u = h - spec.v_threshold
+            sg = surrogate_grad(u, spec.alpha)
+            gh = g[t] * sg
+            if gv is not None:
+                if spec.v_reset is None:
+                    dvdh = 1.0 if spec.detach_reset else 1.0 - spec.v_threshold * sg
+                else:
+                    dvdh = 1.0 - heaviside(u)
+                    if not spec.detach_reset:
+                        dvdh = dvdh + (spec.v_reset - h) * sg
+                gh = gh + gv * dvdh
+            if spec.learn_k:
+                if t == 0:
+                    vprev = torch.full_like(h, spec.rest)
+                else:
+                    hp = gx[t - 1]
+                    vprev = after_reset(spec, hp, heaviside(hp - spec.v_threshold))
+                dk = x[t] - (vprev - spec.rest) if spec.kind == LIF else -(vprev - spec.rest)
+                gk += (gh * dk).sum(dtype=torch.float64)
+            if spec.kind == IF:
+                gx[t] = gh
+                gv = gh
+            else:
+                gx[t] = gh * k if spec.kind == LIF else gh
+                gv = gh * (1.0 - k)
+        return gx, gk
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Numba
+# ----------------------------------------------------------------------------------------------------------------------
+_NUMBA = None  # the kernels module once imported, False if numba is unavailable
+
+
+def _numba_kernels():
+    global _NUMBA
+    if _NUMBA is None:
+        if os.environ.get("DST_DISABLE_NUMBA", "") in ("1", "true", "yes"):
+            _NUMBA = False
+        else:
+            try:
+                from dst.kernels import _numba_kernels as kernels
+                _NUMBA = kernels
+            except ImportError:
+                _NUMBA = False
+    return _NUMBA
+
+
+def numba_available() -> bool:
+    return bool(_numba_kernels())
+
+
+def _flat(rows: torch.Tensor) -> tuple[np.ndarray, int]:
+    """A [T, M] row view (inner stride 1) as a 1-D numpy buffer over the same memory, and its row stride.
+    bfloat16 (which numpy lacks) is passed as its uint16 bit patterns."""
+    T, M = rows.shape
+    rs = rows.stride(0) if T > 1 else M
+    span = (T - 1) * rs + M
+    flat = torch.as_strided(rows, (span,), (1,))
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy().view(np.uint16), rs
+    return flat.numpy(), rs
+
+
+def _as_dtype(value: float, dtype: torch.dtype, via: torch.dtype = torch.float64) -> float:
+    """The value as a tensor of `dtype` holds it, converted through `via`."""
+    return torch.tensor(value, dtype=via).to(dtype).item()
+
+
+def _constants(spec: NeuronSpec, k, dtype: torch.dtype) -> np.ndarray:
+    """The kernels' constants (see C_* in _numba_kernels), in the compute dtype (float32 for bfloat16).
+
+    They follow what eager PyTorch on CPU does with a Python scalar: add/sub cast it to the tensor dtype (so for
+    bfloat16 the threshold in H - v_th, and `rest` in V - rest, are bf16-rounded), mul keeps it in the compute dtype
+    and rounds the product (v_th * S, v_reset * S, and LIF's * k). k: a Python float (LIF) or PLIF's 0-d tensor in
+    the data dtype.
+    """
+    k = 0.0 if k is None else (k.item() if isinstance(k, torch.Tensor) else k)
+    if spec.surrogate == "atan":
+        a, ha = spec.atan_scale, spec.alpha / 2
+    else:
+        a, ha = spec.alpha, spec.alpha
+    reset = spec.v_reset if spec.v_reset is not None else 0.0
+    opmath = torch.float64 if dtype == torch.float64 else torch.float32
+    values = [_as_dtype(spec.v_threshold, dtype), reset, _as_dtype(spec.rest, dtype), k, a, ha, 1.0, 0.0,
+              _as_dtype(spec.v_threshold, dtype, via=opmath), _as_dtype(reset, dtype, via=opmath),
+              _as_dtype(spec.rest, dtype)]
+    return np.array(values, dtype=np.float64 if dtype == torch.float64 else np.float32)
+
+
+def _flat_out(rows: torch.Tensor) -> np.ndarray:
+    flat = rows.view(-1)
+    if flat.dtype == torch.bfloat16:
+        return flat.view(torch.int16).numpy().view(np.uint16)
+    return flat.numpy()
+
+
+class _Threads:
+    """Run numba's parallel loops with torch's thread count (so `torch.set_num_threads` governs both)."""
+
+    def __enter__(self):
+        import numba
+        n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        self._numba = numba
+        self._old = numba.get_num_threads()
+        numba.set_num_threads(n)
+
+    def __exit__(self, *exc):
+        self._numba.set_num_threads(self._old)
+
+
+class NumbaImpl:
+    name = "numba"
+
+    @staticmethod
+    def supports(x: torch.Tensor, spec: NeuronSpec) -> bool:
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+                and spec.surrogate in ("atan", "sigmoid") and numba_available())
+
+    @staticmethod
+    def forward(x: torch.Tensor, spec: NeuronSpec, k) -> torch.Tensor:
+        layout = rows_layout(x)
+        out, out_rows = layout.empty(x)
+        if x.numel() == 0:
+            return out
+        xf, xrs = _flat(layout.rows_of(x.detach()))
+        with _Threads():
+            _numba_kernels().forward(xf, xrs, _flat_out(out_rows), layout.T, layout.M, FORWARD_BLOCK,
+                                     _constants(spec, k, x.dtype), spec.kind, spec.hard)
+        return out
+
+    @staticmethod
+    def backward(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k):
+        layout = rows_layout(x)
+        gx, gx_rows = layout.empty(x)
+        B = _backward_block(layout.T)
+        nblk = (layout.M + B - 1) // B
+        partial = np.zeros(max(nblk, 1), dtype=np.float64)
+        if x.numel():
+            xf, xrs = _flat(layout.rows_of(x.detach()))
+            gf, grs = _flat(layout.rows_of(g.detach().to(x.dtype)))
+            with _Threads():
+                _numba_kernels().backward(xf, xrs, gf, grs, _flat_out(gx_rows), layout.T, layout.M, B,
+                                          _constants(spec, k, x.dtype), spec.kind, spec.hard, spec.detach_reset,
+                                          spec.surrogate_id == 1, spec.learn_k, partial)
+        gk = torch.tensor(partial.sum(), dtype=torch.float64) if spec.learn_k else None
+        return gx, gk
+
+
+__all__ = ["EagerImpl", "NumbaImpl", "numba_available", "charge", "after_reset"]

@@ -1,0 +1,392 @@
+"""Fused multi-step neuron kernels (dst/kernels) against the oracle, `MultiStepNeuron.multistep_reference`.
+
+Spikes must be bit-identical; gradients w.r.t. the input (and PLIF's w) equal within float tolerance. The CPU kernels
+(numba, eager) run here; the Triton kernel runs on CPU under TRITON_INTERPRET=1 in a subprocess (test at the end) and
+on a GPU through tests/test_kernels_triton.py (pytest -m gpu).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dst import kernels
+from dst import neuron as dn
+from dst.kernels import cpu as kcpu
+from dst.kernels.layout import rows_layout
+from dst.kernels.spec import IF, LIF, LIF_NO_DECAY_INPUT, neuron_spec
+
+REPO = Path(__file__).resolve().parents[1]
+
+CPU_IMPLS = ["eager"] + (["numba"] if kernels.available()["numba"] else [])
+needs_numba = pytest.mark.skipif(not kernels.available()["numba"], reason="numba is not installed")
+
+# (neuron class, constructor kwargs): every charge equation the kernels know
+NEURONS = {
+    "if": (dn.MultiStepIF, {}),
+    "lif": (dn.MultiStepLIF, {}),
+    "lif-nodecay": (dn.MultiStepLIF, {"decay_input": False}),
+    "plif": (dn.MultiStepPLIF, {}),
+    "plif-nodecay": (dn.MultiStepPLIF, {"decay_input": False}),
+}
+# bf16: the reference rounds every backward operation to bf16, the numba kernel computes backward in float32
+TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12),
+       torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
+
+
+def make_neuron(name, backend, **kw):
+    cls, base = NEURONS[name]
+    n = cls(backend=backend, **{**base, **kw})
+    if isinstance(n, dn.MultiStepPLIF):  # a trained-looking w, so that k = sigmoid(w) is not exactly 0.5
+        with torch.no_grad():
+            n.w.fill_(-0.3)
+    return n
+
+
+def make_input(shape, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    # mean 0.6, std 0.8: neurons fire often but not always, and V goes negative sometimes (exercises the leak term)
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.8 + 0.6).to(dtype)
+
+
+def spikes_and_grads(neuron, x, upstream):
+    x = x.detach().clone().requires_grad_(True)
+    params = [x, *neuron.parameters()]
+    y = neuron(x)
+    grads = torch.autograd.grad((y * upstream).sum(), params)
+    return y.detach(), grads
+
+
+def compare(name, backend, x, dtype=None, **kw):
+    """Run `backend` and the reference on the same neuron and input; assert identical spikes, close gradients."""
+    dtype = dtype or x.dtype
+    neuron = make_neuron(name, backend, **kw).to(dtype if dtype != torch.bfloat16 else torch.float32)
+    g = torch.Generator().manual_seed(1)
+    upstream = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype)
+    y, grads = spikes_and_grads(neuron, x, upstream)
+    neuron.backend = "torch"
+    y_ref, grads_ref = spikes_and_grads(neuron, x, upstream)
+    assert y.dtype == dtype and y.shape == x.shape
+    assert torch.equal(y, y_ref), f"{(y != y_ref).sum().item()} of {y.numel()} spikes differ"
+    for got, want in zip(grads, grads_ref):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        torch.testing.assert_close(got, want, **TOL[dtype])
+    return y, grads
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Equivalence with the oracle
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+@pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
+@pytest.mark.parametrize("detach_reset", [True, False], ids=["detach", "nodetach"])
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_matches_reference(impl, name, v_reset, detach_reset, surrogate, T, dtype):
+    x = make_input((T, 3, 37), dtype, seed=T)
+    y, grads = compare(name, impl, x, v_reset=v_reset, detach_reset=detach_reset, surrogate=surrogate)
+    assert 0 < y.sum() < y.numel()
+    assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+@pytest.mark.parametrize("T", [16, 32])
+def test_long_sequences(impl, name, T):
+    compare(name, impl, make_input((T, 2, 50), torch.float32, seed=3), detach_reset=False)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+def test_several_blocks(impl, name):
+    """More elements per step than one kernel block (4096 forward, 16384/T backward), and a ragged last block."""
+    compare(name, impl, make_input((3, 2, 4099), torch.float32, seed=5), detach_reset=False, v_reset=None)
+    compare(name, impl, make_input((7, 1, 9001), torch.float32, seed=6), surrogate="sigmoid")
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+def test_other_constants(impl, name):
+    """Threshold, reset, alpha and tau that are not round numbers (1/3 is inexact: the order of operations shows)."""
+    kw = dict(v_threshold=0.7, v_reset=-0.1, alpha=3.0, detach_reset=False)
+    if name.startswith("lif"):
+        kw["tau"] = 3.0
+    elif name.startswith("plif"):
+        kw["init_tau"] = 3.0
+    compare(name, impl, make_input((6, 4, 11), torch.float32, seed=7), **kw)
+    compare(name, impl, make_input((6, 4, 11), torch.float64, seed=8), **{**kw, "v_reset": None})
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
+def test_bfloat16_matches_reference(impl, name, surrogate, v_reset):
+    """bf16: the kernels round every forward intermediate as eager bf16 ops do, so spikes are identical."""
+    x = make_input((8, 4, 33), torch.bfloat16, seed=9)
+    compare(name, impl, x, v_reset=v_reset, surrogate=surrogate, detach_reset=False)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+def test_bfloat16_inexact_constants_and_blocks(impl, name):
+    """Constants that bf16 cannot hold (0.7, -0.1, 1/3), a long sequence, and more than one kernel block."""
+    kw = dict(v_threshold=0.7, v_reset=-0.1, alpha=3.0, detach_reset=False)
+    if name.startswith("lif"):
+        kw["tau"] = 3.0
+    elif name.startswith("plif"):
+        kw["init_tau"] = 3.0
+    compare(name, impl, make_input((6, 4, 11), torch.bfloat16, seed=10), **kw)
+    compare(name, impl, make_input((6, 4, 11), torch.bfloat16, seed=11), **{**kw, "v_reset": None})
+    compare(name, impl, make_input((24, 2, 50), torch.bfloat16, seed=12))
+    compare(name, impl, make_input((3, 1, 5000), torch.bfloat16, seed=13), surrogate="sigmoid")
+
+
+def test_float16_uses_the_eager_kernel():
+    x = make_input((5, 3, 21), torch.float16, seed=14)
+    assert kernels.select_impl(x, neuron_spec(dn.MultiStepIF())).name == "eager"
+    neuron = dn.MultiStepLIF()
+    y = neuron(x)
+    assert torch.equal(y, neuron.multistep_reference(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Layouts: the kernels work in place on dense steps and keep the input's layout
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", ["if", "plif"])
+def test_layouts(impl, name):
+    T, N, C, H, W = 3, 2, 5, 4, 6
+    base = make_input((T * N, C, H, W), torch.float32, seed=11)
+    # channels-last folded over T (what MultiStep(Conv, BN) returns for channels-last inputs)
+    x_cl = base.to(memory_format=torch.channels_last).unflatten(0, (T, N))
+    assert not x_cl.is_contiguous()
+    y, _ = compare(name, impl, x_cl)
+    assert y.stride() == x_cl.stride()  # channels-last stays channels-last
+    # the stem: one image expanded over T (stride 0)
+    img = make_input((N, C, H, W), torch.float32, seed=12)
+    x_exp = img.unsqueeze(0).expand(T, *img.shape)
+    assert x_exp.stride(0) == 0
+    compare(name, impl, x_exp)
+    # a transposed, non-dense view
+    x_t = make_input((N, T, C * H), torch.float32, seed=13).transpose(0, 1)
+    compare(name, impl, x_t)
+    x_slice = make_input((T, N, 2 * C), torch.float32, seed=14)[:, :, ::2]
+    compare(name, impl, x_slice)
+
+
+def test_rows_layout_views_without_copy():
+    x = make_input((12, 5, 4, 6), torch.float32).to(memory_format=torch.channels_last).unflatten(0, (3, 4))
+    layout = rows_layout(x)
+    rows = layout.rows_of(x)
+    assert rows.data_ptr() == x.data_ptr() and rows.shape == (3, 4 * 5 * 4 * 6) and rows.stride(1) == 1
+    out, out_rows = layout.empty(x)
+    assert out.shape == x.shape and out.stride() == x.stride() and out_rows.is_contiguous()
+
+
+def test_gradient_layout_differs_from_input():
+    """Upstream gradients in another layout (or expanded, as from .sum()) give the same result."""
+    neuron = dn.MultiStepLIF()
+    x = make_input((4, 2, 3, 5, 5), torch.float32).requires_grad_(True)
+    y = neuron(x)
+    (g_sum,) = torch.autograd.grad(y.sum(), x)
+    neuron.backend = "torch"
+    (g_ref,) = torch.autograd.grad(neuron(x).sum(), x)
+    torch.testing.assert_close(g_sum, g_ref, **TOL[torch.float32])
+    up = make_input((4, 2, 3, 5, 5), torch.float32, seed=2).transpose(3, 4).contiguous().transpose(3, 4)
+    neuron.backend = "auto"
+    (g1,) = torch.autograd.grad(neuron(x), x, up)
+    neuron.backend = "torch"
+    (g2,) = torch.autograd.grad(neuron(x), x, up)
+    torch.testing.assert_close(g1, g2, **TOL[torch.float32])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The kernels' equations are dst.neuron's
+# ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", list(NEURONS))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+def test_kernel_charge_is_neuron_charge(name, dtype):
+    neuron = make_neuron(name, "auto", v_reset=-0.2).to(torch.float32)
+    spec = neuron_spec(neuron)
+    assert spec.kind == {"if": IF, "lif": LIF, "plif": LIF}.get(name, LIF_NO_DECAY_INPUT)
+    v, x = make_input((1000,), dtype, seed=1), make_input((1000,), dtype, seed=2)
+    k = neuron.decay(x) if isinstance(neuron, dn.MultiStepLIF) else None
+    with torch.no_grad():
+        assert torch.equal(kcpu.charge(spec, v, x, k), neuron.charge(v, x))
+
+
+def test_unknown_neurons_use_the_reference():
+    class Quadratic(dn.MultiStepIF):
+        def charge(self, v, x):
+            return v + x * x
+
+    n = Quadratic()
+    assert neuron_spec(n) is None
+    x = make_input((4, 10), torch.float32)
+    assert torch.equal(n(x), n.multistep_reference(x))
+    with pytest.raises(ValueError, match="does not know"):
+        Quadratic(backend="numba" if "numba" in CPU_IMPLS else "eager")(x)
+
+    class Custom(dn.Surrogate):
+        name = "custom"
+
+    assert neuron_spec(dn.MultiStepIF(surrogate=Custom())) is None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Backend selection
+# ----------------------------------------------------------------------------------------------------------------------
+@needs_numba
+def test_auto_selects_numba_on_cpu_float():
+    spec = neuron_spec(dn.MultiStepIF())
+    assert kernels.select_impl(torch.zeros(2, 3), spec).name == "numba"
+    assert kernels.select_impl(torch.zeros(2, 3, dtype=torch.float64), spec).name == "numba"
+    assert kernels.select_impl(torch.zeros(2, 3, dtype=torch.bfloat16), spec).name == "numba"
+    assert kernels.select_impl(torch.zeros(2, 3, dtype=torch.float16), spec).name == "eager"
+
+
+def test_backend_arguments():
+    assert dn.MultiStepIF().backend == "auto"
+    for b in kernels.BACKENDS:
+        assert dn.create_neuron("lif", backend=b).backend == b
+    with pytest.raises(ValueError, match="unknown backend"):
+        dn.MultiStepIF(backend="cupy")
+    if not kernels.available()["triton"]:
+        from dst.kernels.triton_impl import interpreting
+        if not interpreting():
+            with pytest.raises(ValueError, match="cannot run"):
+                dn.MultiStepIF(backend="triton")(torch.zeros(2, 3))
+
+
+def test_tracing_and_compile_see_the_reference(monkeypatch):
+    def no_kernel(*args, **kwargs):
+        raise AssertionError("a kernel ran under tracing")
+
+    neuron = dn.MultiStepIF()
+    x = make_input((3, 2, 4), torch.float32)
+    monkeypatch.setattr(kernels, "multistep", no_kernel)
+    traced = torch.jit.trace(neuron, x, check_trace=False)
+    assert torch.equal(traced(x), neuron.multistep_reference(x))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.equal(neuron(x), neuron.multistep_reference(x))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# What the fused path keeps for backward, and gradient plumbing
+# ----------------------------------------------------------------------------------------------------------------------
+def saved_bytes(fn, x):
+    total = []
+
+    def pack(t):
+        total.append(t.numel() * t.element_size() if t.data_ptr() != x.data_ptr() else 0)
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(total)
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", ["if", "lif", "plif"])
+def test_saves_only_the_input(impl, name):
+    x = make_input((8, 4, 100), torch.float32).requires_grad_(True)
+    fused = make_neuron(name, impl)
+    ref = make_neuron(name, "torch")
+    assert saved_bytes(fused, x) <= 8          # x itself (not counted) and at most the 0-d decay k
+    assert saved_bytes(ref, x) >= 2 * x.numel() * 4
+
+
+def test_plif_gradient_only_for_w_and_accumulates():
+    neuron = make_neuron("plif", "auto")
+    x = make_input((5, 3, 20), torch.float32)   # no grad wanted for x
+    neuron(x).sum().backward()
+    g1 = neuron.w.grad.clone()
+    neuron(x).sum().backward()
+    torch.testing.assert_close(neuron.w.grad, 2 * g1)
+    neuron.backend = "torch"
+    neuron.w.grad = None
+    neuron(x).sum().backward()
+    torch.testing.assert_close(g1, neuron.w.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_inference_and_empty_inputs():
+    neuron = dn.MultiStepLIF()
+    x = make_input((4, 3, 10), torch.float32)
+    with torch.no_grad():
+        y = neuron(x)
+    assert not y.requires_grad and torch.equal(y, neuron.multistep_reference(x))
+    empty = torch.zeros(4, 0, 3, requires_grad=True)
+    y = neuron(empty)
+    assert y.shape == empty.shape
+    y.sum().backward()
+    assert empty.grad.shape == empty.shape
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_double_backward_is_refused(impl):
+    x = make_input((3, 4), torch.float32).requires_grad_(True)
+    y = dn.MultiStepIF(backend=impl)(x)
+    (g,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        g.sum().backward()
+
+
+def test_models_train_identically_with_fused_neurons():
+    """A whole model: same logits (spikes are identical), same parameter gradients within tolerance."""
+    from dst.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("fsnn_resnet18", T=2, num_classes=10)
+    x = torch.randn(2, 3, 32, 32)
+    y = torch.tensor([1, 7])
+
+    def step(backend):
+        for m in model.modules():
+            if isinstance(m, dn.MultiStepNeuron):
+                m.backend = backend
+        model.zero_grad()
+        out = model(x)
+        loss = torch.nn.functional.cross_entropy(out.fsnn, y) + torch.nn.functional.cross_entropy(out.dsnn, y)
+        loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    out_fused, grads_fused = step("auto")
+    out_ref, grads_ref = step("torch")
+    assert torch.equal(out_fused.fsnn, out_ref.fsnn) and torch.equal(out_fused.dsnn, out_ref.dsnn)
+    assert grads_fused.keys() == grads_ref.keys()
+    for n in grads_ref:
+        torch.testing.assert_close(grads_fused[n], grads_ref[n], rtol=1e-4, atol=1e-5, msg=n)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Huge pages for large CPU outputs
+# ----------------------------------------------------------------------------------------------------------------------
+def test_huge_page_advice_is_harmless():
+    from dst.kernels.memory import advise_huge_pages
+
+    big = advise_huge_pages(torch.empty(3 << 20))     # 12 MiB: advised where THP is in madvise mode
+    big.fill_(1.5)
+    assert big.sum().item() == 1.5 * (3 << 20)
+    small = torch.zeros(10)
+    assert advise_huge_pages(small) is small
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Triton, interpreted on CPU (a GPU runs the same checks natively: pytest -m gpu tests/test_kernels_triton.py)
+# ----------------------------------------------------------------------------------------------------------------------
+def test_triton_kernel_in_interpreter():
+    pytest.importorskip("triton")
+    env = dict(os.environ, TRITON_INTERPRET="1", DST_TRITON_TEST_DEVICE="cpu")
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                           str(REPO / "tests" / "test_kernels_triton.py")],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summary = proc.stdout.strip().splitlines()[-1]
+    assert " passed" in summary and int(summary.split(" passed")[0].split()[-1]) >= 100, summary
