@@ -26,8 +26,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 EPILOG = """examples:
   dst data demo --out datasets/demo
-  dst train --config config/experiments/demo_fsnn_resnet.yaml trainer.epochs=2
-  dst export --checkpoint runs/demo/checkpoints --out runs/demo/export
+  dst train --config config/experiments/demo_fsnn_resnet18.yaml trainer.epochs=2
+  dst export --checkpoint runs/demo/demo_fsnn_resnet18/checkpoints --out runs/demo/demo_fsnn_resnet18/export
 """
 
 
@@ -43,7 +43,9 @@ def build_parser(load_subcommands: list[str] | None = None) -> argparse.Argument
         p = sub.add_parser(name, help=help_text, description=help_text,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         if load_subcommands is None or name in load_subcommands:
-            importlib.import_module(module).configure(p)
+            mod = importlib.import_module(module)
+            p.epilog = getattr(mod, "EXAMPLES", None)  # every subcommand's help ends with examples
+            mod.configure(p)
     return parser
 
 

@@ -1,6 +1,6 @@
 """The typed experiment config: one pydantic schema, loaded from YAML with dotted command-line overrides.
 
-    cfg = load_config("config/experiments/demo_fsnn_resnet.yaml", ["trainer.epochs=2", "model.T=2"])
+    cfg = load_config("config/experiments/demo_fsnn_resnet18.yaml", ["trainer.epochs=2", "model.T=2"])
 
 Unknown keys and bad values are errors naming the file and the dotted key, raised before any work starts.
 """

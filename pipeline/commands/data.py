@@ -17,6 +17,14 @@ DEMO_NEXT_STEPS = """next:
   dst data dvs --dataset dvs_gesture --raw {out}/demo_dvs --out {prepared}/demo_dvs --frames 16 --size 32"""
 
 
+EXAMPLES = """examples:
+  dst data demo --out datasets/raw/demo
+  dst data imagenet --raw datasets/raw/demo/demo_images --out datasets/prepared/demo_images --max-resolution 64
+  dst data imagenet --raw /data/imagenet --out datasets/prepared/imagenet --workers 32
+  dst data dvs --dataset dvs_gesture --raw /data/dvs --out datasets/prepared/dvs_gesture --frames 16 --split-by number
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="data_command", metavar="DATASET")
     sub.required = True

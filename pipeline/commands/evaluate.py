@@ -27,6 +27,12 @@ import torch
 from pipeline.errors import UsageError
 
 
+EXAMPLES = """examples:
+  dst evaluate --run runs/demo/demo_fsnn_resnet18
+  dst evaluate --run runs/demo/demo_fsnn_resnet18 --max-batches 2 data.root=/scratch/prepared/demo_images
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="training run directory (holds config.yaml)")
     parser.add_argument("--export-dir", type=Path, default=None, help="exported artifacts (default: RUN/export)")

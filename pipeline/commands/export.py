@@ -31,6 +31,12 @@ from pipeline.errors import UsageError
 ARTIFACTS = ("fsnn.pt", "fsnn.ts", "dsnn.pt", "report.json")
 
 
+EXAMPLES = """examples:
+  dst export --checkpoint runs/demo/demo_fsnn_resnet18/checkpoints --out runs/demo/demo_fsnn_resnet18/export
+  dst export --checkpoint runs/demo/demo_sew_resnet18_add --out /tmp/sew --allow-not-full-spike   # a baseline
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, type=Path,
                         help="run checkpoints dir (uses `latest`), one tag dir, or a plain checkpoint .pt file")

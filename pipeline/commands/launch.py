@@ -11,7 +11,7 @@ import json
 import sys
 
 EXAMPLES = """examples:
-  dst launch --config config/experiments/demo_fsnn_resnet.yaml launcher.cluster=local launcher.tasks_per_node=2
+  dst launch --config config/experiments/demo_fsnn_resnet18.yaml launcher.cluster=local launcher.tasks_per_node=2
   dst launch --config exp.yaml launcher.cluster=slurm launcher.nodes=2 launcher.tasks_per_node=4 \\
       launcher.gpus_per_node=4 launcher.partition=gpu launcher.account=myproject launcher.time_min=1440
   dst launch --config exp.yaml --check launcher.cluster=slurm launcher.nodes=2   # all_reduce across the ranks only

@@ -38,6 +38,12 @@ OUTPUT_FILES = ("report.md", "summary.csv", "summary.json")
 PLOTS_DIR = "plots"
 
 
+EXAMPLES = """examples:
+  dst report --runs runs/demo/* --out results/demo
+  dst report --runs runs/paper/* --out results/paper --tracking-uri http://login01:5000 --parent-run-id <run id>
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="+", required=True, type=Path, metavar="RUN_DIR",
                         help="training run directories (runs/<campaign>/<experiment>)")
@@ -158,6 +164,12 @@ class ReportTracking:
             if metrics:
                 self._call(f"logging metrics to run {r.mlflow_run_id}", self.client.log_batch, r.mlflow_run_id,
                            metrics=metrics)
+            # The final checkpoint's export report (and the evaluation of the exported files) as artifacts.
+            for name in ("export/report.json", "eval.json"):
+                path = Path(r.run_dir) / name
+                if path.is_file():
+                    self._call(f"logging {name} to run {r.mlflow_run_id}", self.client.log_artifact,
+                               r.mlflow_run_id, str(path), "export" if name.startswith("export") else None)
         return warnings
 
 

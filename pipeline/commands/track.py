@@ -11,6 +11,12 @@ from pathlib import Path
 from pipeline.errors import UsageError
 
 
+EXAMPLES = """examples:
+  dst track start --experiment dst-demo --run-name demo --out runs/demo/parent_run_id
+  dst track end --run-id-file runs/demo/parent_run_id
+"""
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     start = sub.add_parser("start", help="create the parent run and write its id to --out")

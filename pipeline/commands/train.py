@@ -6,10 +6,10 @@ import logging
 import sys
 
 EXAMPLE = """examples:
-  dst train --config config/experiments/demo_fsnn_resnet.yaml
-  dst train --config config/experiments/demo_fsnn_resnet.yaml trainer.epochs=2 model.T=2
-  torchrun --nproc-per-node 2 -m pipeline.cli train --config config/experiments/demo_fsnn_resnet.yaml
-  dst train --config config/experiments/demo_fsnn_resnet.yaml --debug     # one process, a few steps, pdb works
+  dst train --config config/experiments/demo_fsnn_resnet18.yaml
+  dst train --config config/experiments/demo_fsnn_resnet18.yaml trainer.epochs=2 model.T=2
+  torchrun --nproc-per-node 2 -m pipeline.cli train --config config/experiments/demo_fsnn_resnet18.yaml
+  dst train --config config/experiments/demo_fsnn_resnet18.yaml --debug     # one process, a few steps, pdb works
 """
 
 
