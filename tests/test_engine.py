@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
+from support import experiment as tiny_experiment
+from support import shared_demo
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -20,29 +21,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo_images(tmp_path_factory) -> Path:
-    """The demo digits prepared as FFCV files (the real `dst data` commands)."""
-    root = tmp_path_factory.mktemp("demo")
-    subprocess.run([BIN / "dst", "data", "demo", "--out", root / "raw"], check=True, capture_output=True)
-    subprocess.run([BIN / "dst", "data", "imagenet", "--raw", root / "raw" / "demo_images", "--out",
-                    root / "images", "--max-resolution", "32", "--workers", "2"], check=True, capture_output=True)
-    return root / "images"
+    """The demo digits prepared as FFCV files (the real preparation code), shared with the fault tests."""
+    return shared_demo(tmp_path_factory) / "images"
 
 
 def experiment(tmp_path: Path, data_root: Path, **sections) -> Path:
-    tree = {
-        "name": "t", "output_dir": str(tmp_path / "run"),
-        "model": {"name": "fsnn_resnet18", "T": 2, "aap": True},
-        "data": {"dataset": "demo_images", "root": str(data_root), "batch_size": 8, "resolution": 16, "workers": 1},
-        "optimizer": {"name": "sgd", "lr": 0.05},
-        "trainer": {"epochs": 2, "max_steps_per_epoch": 3, "max_eval_batches": 2, "progress": False, "seed": 7},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"},
-    }
-    for section, values in sections.items():
-        tree.setdefault(section, {}).update(values)
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(tree))
-    return path
+    """support.experiment with MLflow tracking into a SQLite store under tmp_path (sections may override it)."""
+    tracking = {"enabled": True, "uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "test"}
+    tracking.update(sections.pop("tracking", {}))
+    return tiny_experiment(tmp_path, data_root, tracking=tracking, **sections)
 
 
 def dst_train(config: Path, *overrides: str, ranks: int = 1, timeout: float = 400) -> subprocess.CompletedProcess:

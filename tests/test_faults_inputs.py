@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from test_faults_support import BIN, QUIET_ENV, ROOT, experiment, free_port, shared_demo, shared_dvs
+from support import BIN, QUIET_ENV, ROOT, experiment, free_port, shared_demo, shared_dvs
 
 pytestmark = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 

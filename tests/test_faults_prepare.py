@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from test_faults_support import dst, dst_popen, reaped, session_members, shared_demo, shared_dvs, wait_for
+from support import dst, dst_popen, reaped, session_members, shared_demo, shared_dvs, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 

@@ -12,7 +12,7 @@ import subprocess
 import pytest
 
 from conftest import VENV_BIN, run
-from test_faults_support import dst_popen, experiment, reaped, shared_demo, wait_for
+from support import dst_popen, experiment, reaped, shared_demo, wait_for
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from test_faults_support import (dst, dst_popen, environ_of, experiment, listening_addresses, mlflow_server,
+from support import (dst, dst_popen, environ_of, experiment, listening_addresses, mlflow_server,
                                  parent_of, reaped, session_members, shared_demo, wait_for)
 
 pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]

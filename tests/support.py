@@ -1,4 +1,4 @@
-"""Shared helpers of the fault-injection tests (tests/test_faults_*.py); it holds no tests itself.
+"""Helpers shared by the fault-injection and engine tests (not collected: no test_ prefix).
 
 The demo data is generated and prepared once per pytest session (under the session's base temp dir) and shared by
 the fault modules: preparing it is the slowest part of a tiny training test.
