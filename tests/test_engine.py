@@ -129,6 +129,15 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, demo_images):
 
 
 @pytest.mark.timeout(300)
+def test_debug_run_is_one_process_a_few_steps_no_tracking(tmp_path, demo_images):
+    cfg = experiment(tmp_path, demo_images, trainer={"epochs": 5, "max_steps_per_epoch": 50})
+    _ok(dst_train(cfg, "--debug"))
+    final = metrics(tmp_path / "run-debug")["final"]
+    assert final["world_size"] == 1 and final["epoch"] == 1 and final["mlflow_run_id"] is None
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.timeout(300)
 def test_config_errors_before_any_work(tmp_path, demo_images):
     cfg = experiment(tmp_path, demo_images)
     proc = dst_train(cfg, "trainer.epocs=2")
