@@ -100,16 +100,14 @@ def environment(device: str = "cpu") -> dict:
 def import_spikingjelly():
     """SpikingJelly 2.0 (installed with --no-deps for benchmarking only). Its model zoo imports torchvision for
     pretrained-weight downloads, which we never use: a stub module stands in so no torchvision is needed."""
-    if "torchvision" not in sys.modules:
-        try:
-            import torchvision  # noqa: F401
-        except ImportError:
-            stub = types.ModuleType("torchvision")
-            utils = types.ModuleType("torchvision._internally_replaced_utils")
-            utils.load_state_dict_from_url = None
-            stub._internally_replaced_utils = utils
-            sys.modules["torchvision"] = stub
-            sys.modules["torchvision._internally_replaced_utils"] = utils
+    import importlib.util
+    if "torchvision" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        stub = types.ModuleType("torchvision")
+        utils = types.ModuleType("torchvision._internally_replaced_utils")
+        utils.load_state_dict_from_url = None
+        stub._internally_replaced_utils = utils
+        sys.modules["torchvision"] = stub
+        sys.modules["torchvision._internally_replaced_utils"] = utils
     try:
         from spikingjelly.logger import logger
         logger.remove()  # its per-call INFO lines would drown the table
