@@ -26,7 +26,8 @@ def _job_field(job_id: str, key: str) -> str:
 @pytest.mark.timeout(480)
 def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path_factory, tmp_path):
     demo = shared_demo(tmp_path_factory) / "images"
-    cfg = experiment(tmp_path, demo, trainer={"max_steps_per_epoch": 4},
+    # augment off: FFCV's random crops are unseeded, and the resumed run is compared with an uninterrupted one.
+    cfg = experiment(tmp_path, demo, trainer={"max_steps_per_epoch": 4}, data={"augment": False},
                      launcher={"cluster": "slurm", "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 2,
                                "time_min": 15})
     ckpts = tmp_path / "run" / "checkpoints"
@@ -61,6 +62,14 @@ def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(slurm_cl
     assert re.search(r"resuming t from \S+epoch0001 \(epoch 1\)", rank0_log), rank0_log[-4000:]
     assert len(re.findall(r"INFO epoch 1:", rank0_log)) == 1 and len(re.findall(r"INFO epoch 2:", rank0_log)) == 1
     assert (ckpts / "latest").read_text().strip() == "epoch0002"
+
+    # The same experiment without preemption (one process, like the 1-task job) ends with the same metrics.
+    straight = run([str(VENV_BIN / "dst"), "train", "--config", str(cfg), f"output_dir={tmp_path / 'straight'}"],
+                   timeout=300, cwd=tmp_path)
+    assert straight.returncode == 0
+    reference = json.loads((tmp_path / "straight" / "metrics.json").read_text())["history"]
+    for key in ("train/loss", "train/loss_fsnn", "train/loss_dsnn", "val/fsnn_top1", "val/dsnn_top1"):
+        assert history[-1][key] == pytest.approx(reference[-1][key], rel=1e-4, abs=1e-5), key
 
 
 KILLED_TARGET = '''
