@@ -4,10 +4,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dst.hooks import ForwardHooks
 from dst.neuron import MultiStepNeuron
 
 
-class FiringRateMonitor:
+class FiringRateMonitor(ForwardHooks):
     """with FiringRateMonitor(model) as mon: model(x); mon.rates -> {neuron name: mean firing rate}.
 
     Rates accumulate over forwards (weighted by element count) until `reset()`; `mean_rate` is the mean over all
@@ -15,21 +16,12 @@ class FiringRateMonitor:
     """
 
     def __init__(self, model: nn.Module):
-        self.model = model
-        self._handles: list = []
+        super().__init__(model)
         self._sums: dict[str, float] = {}
         self._counts: dict[str, int] = {}
 
-    def __enter__(self):
-        for name, module in self.model.named_modules():
-            if isinstance(module, MultiStepNeuron):
-                self._handles.append(module.register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+    def select(self, module: nn.Module) -> bool:
+        return isinstance(module, MultiStepNeuron)
 
     def _hook(self, name: str):
         def record(_module, _inputs, spikes: torch.Tensor):

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from dst.connect import SPIKE_ONLY
+from dst.hooks import ForwardHooks
 from dst.models.base import DualStreamNet
 from dst.neuron import MultiStepNeuron
 
@@ -82,27 +83,20 @@ class FullSpikeReport:
         return "not full-spike: " + "; ".join(parts)
 
 
-class SynapticHooks:
+class SynapticHooks(ForwardHooks):
     """Forward hooks on every synaptic layer: `on_call(name, module, x, y)` sees each call's input and output.
     `order` lists the layers in the order they first ran."""
 
     def __init__(self, model: nn.Module, on_call):
-        self.model, self.on_call = model, on_call
+        super().__init__(model)
+        self.on_call = on_call
         self.order: list[str] = []
-        self._handles: list = []
 
-    def __enter__(self):
-        for name, module in self.model.named_modules():
-            if is_synaptic(module):
-                self._handles.append(module.register_forward_hook(self._hook(name or type(module).__name__)))
-        return self
-
-    def __exit__(self, *exc):
-        for h in self._handles:
-            h.remove()
-        self._handles.clear()
+    def select(self, module: nn.Module) -> bool:
+        return is_synaptic(module)
 
     def _hook(self, name: str):
+        name = name or type(self.model).__name__  # a bare layer passed as the model has no name of its own
         seen = False
 
         def hook(module, args, y):
