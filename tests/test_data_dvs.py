@@ -13,7 +13,8 @@ import torch
 
 from pipeline.data import build_loaders
 from pipeline.data.demo import write_cifar10_dvs_tree, write_gesture_tree
-from pipeline.data.dvs import cifar10_dvs_split, frame_transform, prepare_dvs
+from pipeline.data.dvs import cifar10_dvs_split, prepare_dvs
+from pipeline.data.frames import EventsToFrames, events_to_frames
 from pipeline.errors import UsageError
 
 T = 8
@@ -94,6 +95,14 @@ def test_frames_sum_to_event_counts_per_polarity_and_bin(gesture_raw, gesture_pr
         assert set(counts.sum(axis=1).tolist()) == {len(events) // T}
 
 
+def tonic_frames(events: np.ndarray, sensor: tuple, size: int, frames: int, split_by: str) -> np.ndarray:
+    """What tonic computes: Downsample (when smaller) + ToFrame with n_event_bins / n_time_bins."""
+    import tonic.transforms as TT
+    bins = {"n_event_bins": frames} if split_by == "number" else {"n_time_bins": frames}
+    steps = [] if size == sensor[0] else [TT.Downsample(sensor_size=sensor, target_size=(size, size))]
+    return TT.Compose(steps + [TT.ToFrame(sensor_size=(size, size, sensor[2]), **bins)])(events.copy())
+
+
 @pytest.mark.parametrize("split_by", ["number", "time"])
 def test_integration_matches_reference_at_full_resolution(split_by):
     from pipeline.data.demo import moving_shape_events
@@ -101,8 +110,8 @@ def test_integration_matches_reference_at_full_resolution(split_by):
     events = moving_shape_events(np.random.default_rng(1), angle=0.3)
     events[:, 3] = np.round(events[:, 3])
     events = structured(events)
-    frames = frame_transform((128, 128, 2), 128, 16, split_by)(events)
-    assert frames.shape == (16, 2, 128, 128)
+    frames = events_to_frames(events, (128, 128, 2), 16, split_by)
+    assert frames.shape == (16, 2, 128, 128) and frames.dtype == np.int16
     assert np.array_equal(frames.sum(axis=(2, 3)), expected_counts(events, 16, split_by))
     # and each event lands on its own pixel: one frame checked pixel by pixel
     first = events[: len(events) // 16] if split_by == "number" else None
@@ -110,6 +119,55 @@ def test_integration_matches_reference_at_full_resolution(split_by):
         reference = np.zeros((2, 128, 128), np.int64)
         np.add.at(reference, (first["p"].astype(int), first["y"], first["x"]), 1)
         assert np.array_equal(frames[0], reference)
+
+
+@pytest.mark.parametrize("split_by", ["number", "time"])
+@pytest.mark.parametrize("size", [128, 64, 48, 37])
+@pytest.mark.parametrize("dtype", ["gesture", "cifar10"])
+def test_integration_is_tonics_to_frame(split_by, size, dtype):
+    """Identical int16 frames to tonic's Downsample + ToFrame, for both datasets' event dtypes (signed/unsigned
+    coordinates, int64/uint64 time), every split rule and sizes that do and do not divide the sensor."""
+    import tonic
+
+    rng = np.random.default_rng(size)
+    n = 20_011  # not a multiple of the frame count: tonic drops the remainder
+    ds = tonic.datasets.DVSGesture if dtype == "gesture" else tonic.datasets.CIFAR10DVS
+    events = np.zeros(n, dtype=ds.dtype)
+    events["x"], events["y"] = rng.integers(0, 128, n), rng.integers(0, 128, n)
+    events["p"] = rng.integers(0, 2, n)
+    events["t"] = np.sort(rng.integers(0, 1_000_000, n))
+    ours = events_to_frames(events, (128, 128, 2), 10, split_by, size=size)
+    reference = tonic_frames(events, (128, 128, 2), size, 10, split_by)
+    assert ours.dtype == reference.dtype == np.int16
+    assert np.array_equal(ours, reference)
+
+
+def test_integration_wraps_int16_and_handles_one_polarity_as_tonic():
+    events = np.zeros(40_000, dtype=[("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
+    events["t"] = np.arange(len(events))  # every event on pixel (0, 0): 40000 counts wrap around in int16
+    assert np.array_equal(events_to_frames(events, (4, 4, 1), 1), tonic_frames(events, (4, 4, 1), 4, 1, "number"))
+    events["p"][::2] = True
+    with pytest.raises(ValueError, match="both polarities"):
+        events_to_frames(events, (4, 4, 1), 1)
+
+
+def test_integration_rejects_events_outside_the_sensor():
+    events = np.zeros(100, dtype=[("x", "<i2"), ("y", "<i2"), ("p", "?"), ("t", "<i8")])
+    events["t"] = np.arange(100)
+    events["x"][57] = 128
+    with pytest.raises(ValueError, match=r"event 57 \(x=128, y=0"):
+        events_to_frames(events, (128, 128, 2), 4)
+    with pytest.raises(ValueError, match="missing p, t"):
+        events_to_frames(np.zeros(4, dtype=[("x", "<i2"), ("y", "<i2")]), (128, 128, 2), 2)
+
+
+def test_frame_transform_pickles_for_worker_processes():
+    import pickle
+    transform = pickle.loads(pickle.dumps(EventsToFrames((128, 128, 2), 32, 8, "time")))
+    assert (transform.sensor_size, transform.size, transform.frames, transform.split_by) == ((128, 128, 2), 32, 8,
+                                                                                               "time")
+    with pytest.raises(ValueError, match="split_by must be one of number, time, got 'count'"):
+        EventsToFrames((128, 128, 2), 32, 8, "count")
 
 
 @pytest.mark.timeout(120)

@@ -1,5 +1,6 @@
 """DVS datasets -> frames: tonic reads the raw events in its own layout; each recording is integrated into
-T frames [T, 2, H, W] and stored in one memory-mapped .npy per split, so a training sample is one read.
+T frames [T, 2, H, W] (pipeline/data/frames.py: tonic's ToFrame counts, computed by a compiled loop) and stored in
+one memory-mapped .npy per split, so a training sample is one read.
 
 <out>/train_frames.npy, test_frames.npy   int16 event counts [N, T, 2, H, W]
 <out>/train_labels.npy, test_labels.npy   int64 [N]
@@ -22,11 +23,11 @@ from tqdm import tqdm
 
 from pipeline.data.cards import load_card
 from pipeline.data.common import META_FILE, atomic_outputs, resolve_workers, write_meta
+from pipeline.data.frames import SPLIT_BY, EventsToFrames
 from pipeline.errors import UsageError
 
 DATASETS = ("dvs_gesture", "cifar10_dvs")
 SPLITS = ("train", "test")
-SPLIT_BY = ("number", "time")
 TONIC_MIN_FILES = {"dvs_gesture": 100, "cifar10_dvs": 1000}  # what tonic's _check_exists requires
 
 
@@ -124,20 +125,9 @@ def open_raw(dataset: str, raw: Path, card: dict) -> dict[str, tuple[object, lis
     return {name: (ds, split[name]) for name in SPLITS}
 
 
-# ---------------------------------------------------------------- integration
+# ---------------------------------------------------------------- integration (pipeline/data/frames.py)
 
-def frame_transform(raw_sensor: tuple[int, int, int], size: int, frames: int, split_by: str):
-    """tonic transform: events -> int16 [frames, 2, size, size] (spatially downsampled if size is smaller)."""
-    import tonic.transforms as T
-
-    target = (size, size, raw_sensor[2])
-    bins = {"n_event_bins": frames} if split_by == "number" else {"n_time_bins": frames}
-    steps = [] if size == raw_sensor[0] and size == raw_sensor[1] else [
-        T.Downsample(sensor_size=raw_sensor, target_size=(size, size))]
-    return T.Compose(steps + [T.ToFrame(sensor_size=target, **bins)])
-
-
-_WORK: dict = {}  # per process: the tonic dataset and the transform (set directly, or by _init_worker in a worker)
+_WORK: dict = {}  # per process: the tonic dataset and the EventsToFrames (set directly, or by _init_worker)
 
 
 def _init_worker(dataset, transform, frames: int) -> None:
@@ -208,7 +198,7 @@ def prepare_dvs(dataset: str, raw: Path, out: Path, *, frames: int = 16, split_b
         raise _layout_error(card, f"raw folder {raw} does not exist")
     workers = resolve_workers(workers)
     splits = open_raw(dataset, raw, card)
-    transform = frame_transform(raw_sensor, size, frames, split_by)
+    transform = EventsToFrames(raw_sensor, size, frames, split_by)
     shape = (frames, raw_sensor[2], size, size)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
