@@ -29,7 +29,8 @@ class ModelConfig(Section):
     neuron_kwargs: dict[str, Any] = {}
     num_classes: int | None = Field(None, ge=2, description="None: taken from the dataset card")
     zero_init_residual: bool | None = None
-    channels_last: bool = False
+    channels_last: bool | None = Field(None, description="None: the model's default (the ResNets run channels-last; "
+                                                         "the DVS nets have no such option)")
 
     @field_validator("name")
     @classmethod

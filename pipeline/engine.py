@@ -49,6 +49,8 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
         kw["neuron_kwargs"] = dict(m.neuron_kwargs)
     if m.zero_init_residual is not None:
         kw["zero_init_residual"] = m.zero_init_residual
+    if m.channels_last is not None:
+        kw["channels_last"] = m.channels_last
     return kw
 
 
@@ -249,8 +251,6 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
         torch.device("cpu")
     loaders = build_loaders(cfg.data, rank=rank, world_size=world_size, seed=cfg.trainer.seed, device=str(device))
     model = build_model(cfg, loaders.num_classes)
-    if cfg.model.channels_last:
-        model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(cfg, model)
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg))
     match_norm_buffers(engine.module)

@@ -81,3 +81,15 @@ def test_flatten_gives_stable_param_names(tmp_path):
     flat = flatten(cfg.model_dump(mode="json"))
     for key in ("model.name", "model.T", "model.connect", "model.aap", "data.dataset", "trainer.epochs"):
         assert key in flat
+
+
+def test_model_memory_format_reaches_the_model(tmp_path):
+    """model.channels_last: unset keeps the model's default (channels-last ResNets), set it is passed on; a model
+    without the option (the DVS nets) is a clear error naming the model."""
+    from pipeline.engine import build_model
+    default = build_model(load_config(write(tmp_path, MINIMAL)), 10)
+    nchw = build_model(load_config(write(tmp_path, MINIMAL), ["model.channels_last=false"]), 10)
+    assert default.channels_last and not nchw.channels_last
+    dvs = dict(MINIMAL, model={"name": "fsnn_7b_net", "channels_last": True})
+    with pytest.raises(UsageError, match="model fsnn_7b_net: .*channels_last"):
+        build_model(load_config(write(tmp_path, dvs)), 11)

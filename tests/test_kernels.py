@@ -86,7 +86,7 @@ def compare(name, backend, x, dtype=None, **kw):
 @pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
 @pytest.mark.parametrize("detach_reset", [True, False], ids=["detach", "nodetach"])
 @pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
-@pytest.mark.parametrize("T", [1, 5])
+@pytest.mark.parametrize("T", [1, 4, 6])  # the kernels take steps four at a time, then one by one
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
 def test_matches_reference(impl, name, v_reset, detach_reset, surrogate, T, dtype):
     x = make_input((T, 3, 37), dtype, seed=T)
@@ -104,10 +104,39 @@ def test_long_sequences(impl, name, T):
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("name", list(NEURONS))
-def test_several_blocks(impl, name):
-    """More elements per step than one kernel block (4096 forward, 16384/T backward), and a ragged last block."""
+def test_several_blocks(impl, name, monkeypatch):
+    """More elements per step than one kernel block, and a ragged last block. The real blocks are large (see
+    dst/kernels/cpu.py), so they are shrunk here: 1024 forward, 2048/T backward (rounded up to 1024)."""
+    monkeypatch.setattr(kcpu, "FORWARD_BLOCK", 1024)
+    monkeypatch.setattr(kcpu, "BACKWARD_SCRATCH", 2048)
     compare(name, impl, make_input((3, 2, 4099), torch.float32, seed=5), detach_reset=False, v_reset=None)
     compare(name, impl, make_input((7, 1, 9001), torch.float32, seed=6), surrogate="sigmoid")
+    compare(name, impl, make_input((3, 1, 5000), torch.bfloat16, seed=13), surrogate="sigmoid")
+
+
+@needs_numba
+def test_block_sizes():
+    """Long rows (see cpu.py), at least two blocks per thread when M allows, never under MIN_BLOCK; small calls run
+    on one thread."""
+    assert kcpu._forward_block(1 << 21, 2) == kcpu.FORWARD_BLOCK
+    assert kcpu._backward_block(4, 1 << 21, 2) == kcpu.BACKWARD_SCRATCH // 4
+    assert kcpu._backward_block(16, 1 << 21, 2) == kcpu.BACKWARD_SCRATCH // 16
+    assert kcpu._backward_block(4096, 1 << 21, 2) == kcpu.MIN_BLOCK
+    assert kcpu._forward_block(100_000, 2) == 25_024                  # 4 blocks of a multiple of 64
+    assert kcpu._forward_block(100, 8) == kcpu.MIN_BLOCK
+    assert kcpu._threads(100) == 1
+
+
+@needs_numba
+def test_constants_follow_a_changing_k():
+    """The constants are cached, but PLIF's k is read on every call: a changed w changes the result."""
+    spec = neuron_spec(dn.MultiStepPLIF())
+    c1 = kcpu._constants(spec, torch.tensor(0.25), torch.float32)
+    c2 = kcpu._constants(spec, torch.tensor(0.5), torch.float32)
+    C_K = kcpu._numba_kernels().C_K
+    assert c1[C_K] == 0.25 and c2[C_K] == 0.5
+    assert kcpu._constants(spec, torch.tensor(0.25), torch.float32) is c1
+    assert not c1.flags.writeable
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)

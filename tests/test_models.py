@@ -136,6 +136,39 @@ def test_every_model_forward_backward(name):
 # ----------------------------------------------------------------------------------------------------------------------
 # Parameter counts
 # ----------------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["fsnn_resnet18", "sew_resnet18", "spiking_resnet18", "fsnn_resnet50"])
+def test_resnets_run_channels_last_by_default(name):
+    """The image enters in channels-last order and every conv and BN (both streams) then sees channels-last inputs;
+    channels_last=False keeps NCHW. Same weights, same outputs up to float rounding either way."""
+    torch.manual_seed(0)
+    kw = {"aap": False} if name.startswith("spiking") else {}
+    cl = calibrate_bn(build(name, **kw), sample_input(name, n=4))
+    nchw = calibrate_bn(build(name, channels_last=False, **kw), sample_input(name, n=4))
+    nchw.load_state_dict(cl.state_dict())
+    assert cl.channels_last and not nchw.channels_last
+
+    def conv_input_layouts(model):
+        seen = []
+        def layout(x):  # (a 1x1 map, or a single channel, is both: not counted)
+            cl, nchw = x.is_contiguous(memory_format=torch.channels_last), x.is_contiguous()
+            return "either" if cl and nchw else "cl" if cl else "nchw" if nchw else "other"
+        hooks = [m.register_forward_hook(lambda mod, inp, out: seen.append(layout(inp[0])))
+                 for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+        with torch.no_grad():
+            out = model(sample_input(name, n=4, seed=1))
+        for h in hooks:
+            h.remove()
+        return set(seen) - {"either"}, out
+
+    cl_layouts, cl_out = conv_input_layouts(cl)
+    nchw_layouts, nchw_out = conv_input_layouts(nchw)
+    assert cl_layouts == {"cl"} and nchw_layouts == {"nchw"}
+    for a, b in zip(cl_out if isinstance(cl_out, tuple) else [cl_out], nchw_out if isinstance(nchw_out, tuple)
+                    else [nchw_out]):
+        # a spike that flips on a rounding difference moves a logit by one spike's weight: rare, and small
+        assert torch.allclose(a, b, atol=1e-3, rtol=1e-3) or (a - b).abs().gt(1e-3).float().mean() < 0.05
+
+
 def test_resnet18_parameter_counts():
     plain = create_model("fsnn_resnet18", aap=False)
     with_aap = create_model("fsnn_resnet18", aap=True)

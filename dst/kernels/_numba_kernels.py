@@ -1,18 +1,22 @@
 """Numba kernels of the fused multi-step neuron (CPU: float32, float64 and bfloat16). Imported lazily: numba is
 optional.
 
-Work is split into blocks of B elements, run in parallel (prange); inside a block the loop over T keeps V in a small
-buffer, so forward reads X once and writes S once. Backward recomputes H for the block into a T x B scratch that stays
-in cache, then runs the BPTT recurrence backwards: it reads X and dL/dS once and writes dL/dX once. Nothing but X is
-kept between forward and backward.
+Work is split into blocks of B elements, run in parallel (prange); inside a block the loop over T keeps V in a
+buffer (four steps per pass over it, V in a register in between), so forward reads X once and writes S once. Backward
+recomputes H for the block into a T x B scratch (L2/L3 sized, see the block sizes in dst/kernels/cpu.py), then runs
+the BPTT recurrence backwards: it reads X and dL/dS once and writes dL/dX once. Nothing but X is kept between forward
+and backward.
 
 Vectorisation: each per-step loop lives in its own small function (inline="never") over 1-D slices starting at 0, with
 error_model="numpy" (no ZeroDivisionError check in the surrogate's division). In that form LLVM vectorises every loop
-(AVX-512 here) and unswitches the flag branches; written as one big loop nest it ran scalar, about 4x slower.
+(AVX-512 here) and unswitches the flag branches; written as one big loop nest it ran scalar, about 4x slower. Inside
+those loops no array is passed to another function (see _ld / _st / _rnd): numba increfs and decrefs an array argument
+on every call, and those calls, pruned only after LLVM's vectoriser has run, left the step functions scalar as compiled
+on their own (the kernels were vectorised only because LLVM inlined the steps and optimised them a second time).
 
 Dtypes: arrays are float32/float64, or bfloat16 passed as uint16 bit patterns. The same code serves all three through
-`_ld` / `_st` / `_rnd`, which are plain loads, stores and identities for float arrays; for bfloat16 they widen to
-float32, round to nearest even on store, and round every intermediate of the forward to bfloat16 exactly as eager
+`_ld` / `_st` / `_rnd` (given an element or the array's dtype), identities for float arrays; for bfloat16 they widen
+to float32, round to nearest even on store, and round every intermediate of the forward to bfloat16 exactly as eager
 PyTorch does after each bf16 operation, so spikes stay bit-identical to the reference loop. Backward arithmetic is
 float32 for bfloat16 (dL/dX rounded once at the end).
 
@@ -71,82 +75,121 @@ def _bf16_round_bits(f):
     return (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
 
 
-def _ld(a, j):
-    """a[j] in the compute dtype."""
+def _ld(u):
+    """An element just loaded from an array (u = a[j]) in the compute dtype."""
 
 
-def _st(a, j, f):
-    """a[j] = f, rounded to a's dtype."""
+def _st(f, dt):
+    """f rounded to the array dtype dt (a.dtype), ready to store (a[j] = _st(f, a.dtype))."""
 
 
-def _rnd(f, like):
-    """f rounded to the dtype of the array `like` (the identity unless it holds bfloat16)."""
+def _rnd(f, dt):
+    """f rounded to the array dtype dt (the identity unless it is bfloat16's uint16)."""
 
 
-def _is_bf16(a) -> bool:
-    return isinstance(a, types.Array) and a.dtype == types.uint16
+# These helpers take an element or a dtype, never an array: passing an array to a function inside a loop makes numba
+# incref/decref it every iteration, and those calls, only pruned after LLVM's loop vectoriser has run, keep the loop
+# scalar (the vectoriser's remark: "call instruction cannot be vectorized"). That made every step loop here scalar.
+def _is_bf16(dt) -> bool:
+    return isinstance(dt, types.DType) and dt.dtype == types.uint16
 
 
 @overload(_ld)
-def _ld_impl(a, j):
-    if _is_bf16(a):
-        return lambda a, j: _bits_as_f32(np.uint32(a[j]) << 16)
-    return lambda a, j: a[j]
+def _ld_impl(u):
+    if u == types.uint16:
+        return lambda u: _bits_as_f32(np.uint32(u) << 16)
+    return lambda u: u
 
 
 @overload(_st)
-def _st_impl(a, j, f):
-    if _is_bf16(a):
-        def st(a, j, f):
-            a[j] = np.uint16(_bf16_round_bits(f) >> 16)
-        return st
-
-    def st_plain(a, j, f):
-        a[j] = f
-    return st_plain
+def _st_impl(f, dt):
+    if _is_bf16(dt):
+        return lambda f, dt: np.uint16(_bf16_round_bits(f) >> 16)
+    return lambda f, dt: f
 
 
 @overload(_rnd)
-def _rnd_impl(f, like):
-    if _is_bf16(like):
-        return lambda f, like: _bits_as_f32(_bf16_round_bits(f))
-    return lambda f, like: f
+def _rnd_impl(f, dt):
+    if _is_bf16(dt):
+        return lambda f, dt: _bits_as_f32(_bf16_round_bits(f))
+    return lambda f, dt: f
 
 
 # ---------------------------------------------------------------------------------------------------- one step
 @njit(cache=True, inline="always")
-def _charge(vv, x, kind, rest, k, like):
+def _charge(vv, x, kind, rest, k, dt):
     if kind == 0:
-        return _rnd(vv + x, like)
+        return _rnd(vv + x, dt)
     if kind == 1:
-        return _rnd(vv + _rnd(_rnd(x - _rnd(vv - rest, like), like) * k, like), like)
-    return _rnd(_rnd(vv - _rnd(_rnd(vv - rest, like) * k, like), like) + x, like)
+        return _rnd(vv + _rnd(_rnd(x - _rnd(vv - rest, dt), dt) * k, dt), dt)
+    return _rnd(_rnd(vv - _rnd(_rnd(vv - rest, dt) * k, dt), dt) + x, dt)
 
 
 @njit(cache=True, inline="always")
-def _after_reset(h, fired, hard, reset_r, th_r, like):
+def _after_reset(h, fired, hard, reset_r, th_r, dt):
     if fired:
-        return reset_r if hard else _rnd(h - th_r, like)
+        return reset_r if hard else _rnd(h - th_r, dt)
     return h
 
 
 @_step
 def _charge_fire(v, xt, ot, kind, hard, th, reset_r, th_r, rest, k, one, zero):
     """One forward step: H = charge(V, X); S = H - th >= 0; V = reset(H, S). Writes S to ot."""
+    dt = xt.dtype
     for j in range(xt.shape[0]):
-        h = _charge(v[j], _ld(xt, j), kind, rest, k, xt)
+        h = _charge(v[j], _ld(xt[j]), kind, rest, k, dt)
         fired = h - th >= zero
-        _st(ot, j, one if fired else zero)
-        v[j] = _after_reset(h, fired, hard, reset_r, th_r, xt)
+        ot[j] = _st(one if fired else zero, dt)
+        v[j] = _after_reset(h, fired, hard, reset_r, th_r, dt)
+
+
+@njit(cache=True, inline="always")
+def _fire(vv, xj, kind, hard, th, reset_r, th_r, rest, k, one, zero, dt):
+    """(S, V after reset) of one element and step, S ready to store."""
+    h = _charge(vv, xj, kind, rest, k, dt)
+    fired = h - th >= zero
+    return _st(one if fired else zero, dt), _after_reset(h, fired, hard, reset_r, th_r, dt)
+
+
+@_step
+def _charge_fire4(v, x0, x1, x2, x3, o0, o1, o2, o3, kind, hard, th, reset_r, th_r, rest, k, one, zero):
+    """Four forward steps in one pass: V stays in a register between them, so the V buffer (in L2 with the long
+    blocks) is read and written once per four steps. At T = 16 this took forward from ~1.2x to ~1.0x the time of
+    torch.mul(x, 0.5, out=...); two steps per pass were half-way."""
+    dt = x0.dtype
+    for j in range(x0.shape[0]):
+        o0[j], vv = _fire(v[j], _ld(x0[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+        o1[j], vv = _fire(vv, _ld(x1[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+        o2[j], vv = _fire(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+        o3[j], v[j] = _fire(vv, _ld(x3[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
 
 
 @_step
 def _charge_keep(v, xt, ht, kind, hard, th, reset_r, th_r, rest, k, zero):
     """The same step, keeping H (backward's recompute)."""
+    dt = xt.dtype
     for j in range(xt.shape[0]):
-        h = _charge(v[j], _ld(xt, j), kind, rest, k, xt)
+        h = _charge(v[j], _ld(xt[j]), kind, rest, k, dt)
         ht[j] = h
-        v[j] = _after_reset(h, h - th >= zero, hard, reset_r, th_r, xt)
+        v[j] = _after_reset(h, h - th >= zero, hard, reset_r, th_r, dt)
+
+
+@njit(cache=True, inline="always")
+def _keep(vv, xj, kind, hard, th, reset_r, th_r, rest, k, zero, dt):
+    """(H, V after reset) of one element and step."""
+    h = _charge(vv, xj, kind, rest, k, dt)
+    return h, _after_reset(h, h - th >= zero, hard, reset_r, th_r, dt)
+
+
+@_step
+def _charge_keep4(v, x0, x1, x2, x3, h0, h1, h2, h3, kind, hard, th, reset_r, th_r, rest, k, zero):
+    """Four recompute steps in one pass (see _charge_fire4)."""
+    dt = x0.dtype
+    for j in range(x0.shape[0]):
+        h0[j], vv = _keep(v[j], _ld(x0[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+        h1[j], vv = _keep(vv, _ld(x1[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+        h2[j], vv = _keep(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+        h3[j], v[j] = _keep(vv, _ld(x3[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
 
 
 @_step
@@ -161,14 +204,15 @@ def _sigmoid_surrogate(ht, st, th, a, ha, one):
 @_step
 def _dk(hp, xt, dkt, first, kind, hard, th, reset_r, th_r, rest, v0, zero):
     """dH[t]/dk = X[t] - (V[t-1] - rest) (LIF) or -(V[t-1] - rest) (no decay_input), V[t-1] from H[t-1]."""
+    dt = xt.dtype
     for j in range(xt.shape[0]):
         if first:
             vp = v0
         else:
             h = hp[j]
-            vp = _after_reset(h, h - th >= zero, hard, reset_r, th_r, xt)
+            vp = _after_reset(h, h - th >= zero, hard, reset_r, th_r, dt)
         if kind == 1:
-            dkt[j] = _ld(xt, j) - (vp - rest)
+            dkt[j] = _ld(xt[j]) - (vp - rest)
         else:
             dkt[j] = rest - vp
 
@@ -192,29 +236,61 @@ def _bptt_element(h, sg, go, gv, kind, hard, detach, th, reset, k, one_minus_k, 
     return gh, gh * one_minus_k, gh
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _atan_surrogate(h, th, a, ha, one):
+    """alpha/2 / (1 + (pi/2 alpha u)^2), u = h - th, in dst.surrogate.atan_grad's order."""
+    y = a * (h - th)
+    return ha / (one + y * y)
+
+
 @_step
 def _bptt_atan(ht, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, a, ha, one, zero):
-    """One backward step with ATan's surrogate (alpha/2 / (1 + (pi/2 alpha u)^2)) computed inline."""
+    """One backward step with ATan's surrogate computed inline."""
     one_minus_k = one - k
+    dt = gxt.dtype
     for j in range(ht.shape[0]):
         h = ht[j]
-        y = a * (h - th)
-        sg = (one / (one + y * y)) * ha
-        gx, gv[j], gh = _bptt_element(h, sg, _ld(gt, j), gv[j], kind, hard, detach, th, reset, k, one_minus_k,
+        sg = _atan_surrogate(h, th, a, ha, one)
+        gx, gv[j], gh = _bptt_element(h, sg, _ld(gt[j]), gv[j], kind, hard, detach, th, reset, k, one_minus_k,
                                       one, zero)
-        _st(gxt, j, gx)
+        gxt[j] = _st(gx, dt)
         if learn_k:
             acc[j] += gh * dkt[j]
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _bptt_atan_step(h, go, gv, kind, hard, detach, th, reset, k, one_minus_k, a, ha, one, zero, dt):
+    """(dL/dX ready to store, dL/dV[t-1]) of one element and step, ATan's surrogate."""
+    gx, gvp, gh = _bptt_element(h, _atan_surrogate(h, th, a, ha, one), go, gv, kind, hard, detach, th, reset, k,
+                                one_minus_k, one, zero)
+    return _st(gx, dt), gvp
+
+
+@_step
+def _bptt_atan4(h3, g3, gx3, h2, g2, gx2, h1, g1, gx1, h0, g0, gx0, gv, kind, hard, detach, th, reset, k, a, ha,
+                one, zero):
+    """Four backward steps (t, t - 1, t - 2, t - 3: rows 3, 2, 1, 0) in one pass, dL/dV kept in a register between
+    them (see _charge_fire4). Without PLIF's dL/dk, which _bptt_atan handles."""
+    omk = one - k
+    dt = gx0.dtype
+    for j in range(h0.shape[0]):
+        gx3[j], g = _bptt_atan_step(h3[j], _ld(g3[j]), gv[j], kind, hard, detach, th, reset, k, omk, a, ha, one,
+                                    zero, dt)
+        gx2[j], g = _bptt_atan_step(h2[j], _ld(g2[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
+        gx1[j], g = _bptt_atan_step(h1[j], _ld(g1[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
+        gx0[j], gv[j] = _bptt_atan_step(h0[j], _ld(g0[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one,
+                                        zero, dt)
 
 
 @_step
 def _bptt_table(ht, st, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, one, zero):
     """One backward step with a precomputed surrogate gradient st (Sigmoid)."""
     one_minus_k = one - k
+    dt = gxt.dtype
     for j in range(ht.shape[0]):
-        gx, gv[j], gh = _bptt_element(ht[j], st[j], _ld(gt, j), gv[j], kind, hard, detach, th, reset, k,
+        gx, gv[j], gh = _bptt_element(ht[j], st[j], _ld(gt[j]), gv[j], kind, hard, detach, th, reset, k,
                                       one_minus_k, one, zero)
-        _st(gxt, j, gx)
+        gxt[j] = _st(gx, dt)
         if learn_k:
             acc[j] += gh * dkt[j]
 
@@ -230,7 +306,16 @@ def forward(x, x_rs, out, T, M, B, c, kind, hard):
         n = min(B, M - lo)
         v = np.empty(n, dtype=c.dtype)
         v[:] = v0
-        for t in range(T):
+        t = 0
+        while t + 3 < T:                        # steps in fours (see _charge_fire4), then one at a time
+            _charge_fire4(v, x[t * x_rs + lo: t * x_rs + lo + n], x[(t + 1) * x_rs + lo: (t + 1) * x_rs + lo + n],
+                          x[(t + 2) * x_rs + lo: (t + 2) * x_rs + lo + n],
+                          x[(t + 3) * x_rs + lo: (t + 3) * x_rs + lo + n],
+                          out[t * M + lo: t * M + lo + n], out[(t + 1) * M + lo: (t + 1) * M + lo + n],
+                          out[(t + 2) * M + lo: (t + 2) * M + lo + n], out[(t + 3) * M + lo: (t + 3) * M + lo + n],
+                          kind, hard, th, reset_r, th_r, rest, k, one, zero)
+            t += 4
+        for t in range(t, T):
             _charge_fire(v, x[t * x_rs + lo: t * x_rs + lo + n], out[t * M + lo: t * M + lo + n],
                          kind, hard, th, reset_r, th_r, rest, k, one, zero)
 
@@ -248,16 +333,36 @@ def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, lear
         sb = np.empty((T, n) if sigmoid else (T, 0), dtype=c.dtype)   # Sigmoid's surrogate gradient at H[t]
         v = np.empty(n, dtype=c.dtype)
         v[:] = v0
-        for t in range(T):
+        t = 0
+        while t + 3 < T:                        # in fours, as forward
+            _charge_keep4(v, x[t * x_rs + lo: t * x_rs + lo + n], x[(t + 1) * x_rs + lo: (t + 1) * x_rs + lo + n],
+                          x[(t + 2) * x_rs + lo: (t + 2) * x_rs + lo + n],
+                          x[(t + 3) * x_rs + lo: (t + 3) * x_rs + lo + n],
+                          hb[t], hb[t + 1], hb[t + 2], hb[t + 3], kind, hard, th, reset_r, th_r, rest, k, zero)
+            t += 4
+        for t in range(t, T):
             _charge_keep(v, x[t * x_rs + lo: t * x_rs + lo + n], hb[t], kind, hard, th, reset_r, th_r, rest, k,
                          zero)
-            if sigmoid:
+        if sigmoid:
+            for t in range(T):
                 _sigmoid_surrogate(hb[t], sb[t], th, a, ha, one)
         gv = v                                   # reuse: dL/dV[t] arriving from step t+1
         gv[:] = zero
         dkt = np.empty(n if learn_k else 0, dtype=c.dtype)
         acc = np.zeros(n if learn_k else 0, dtype=np.float64)
-        for t in range(T - 1, -1, -1):
+        t = T - 1
+        if not (sigmoid or learn_k):
+            while t >= 3:                       # in fours (t .. t - 3); the general loop below takes what is left
+                _bptt_atan4(hb[t], g[t * g_rs + lo: t * g_rs + lo + n], gx[t * M + lo: t * M + lo + n],
+                            hb[t - 1], g[(t - 1) * g_rs + lo: (t - 1) * g_rs + lo + n],
+                            gx[(t - 1) * M + lo: (t - 1) * M + lo + n],
+                            hb[t - 2], g[(t - 2) * g_rs + lo: (t - 2) * g_rs + lo + n],
+                            gx[(t - 2) * M + lo: (t - 2) * M + lo + n],
+                            hb[t - 3], g[(t - 3) * g_rs + lo: (t - 3) * g_rs + lo + n],
+                            gx[(t - 3) * M + lo: (t - 3) * M + lo + n],
+                            gv, kind, hard, detach, th, reset, k, a, ha, one, zero)
+                t -= 4
+        for t in range(t, -1, -1):
             xt = x[t * x_rs + lo: t * x_rs + lo + n]
             if learn_k:
                 _dk(hb[t - 1] if t > 0 else hb[t], xt, dkt, t == 0, kind, hard, th, reset_r, th_r, rest, v0, zero)

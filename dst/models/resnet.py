@@ -78,11 +78,16 @@ def residual_branch(kind: str, in_ch: int, planes: int, stride: int, make_neuron
 
 class SpikingResNet(DualStreamNet):
     """ImageNet spiking ResNet. style='sew' gives the FSNN/DSNN (spike-only connect + optional AAP) and SEW-ResNet;
-    style='spiking' gives Spiking ResNet. Input: images [N, 3, H, W], presented at each of T steps."""
+    style='spiking' gives Spiking ResNet. Input: images [N, 3, H, W], presented at each of T steps.
+
+    channels_last (default): the image is put in channels-last memory order on entry, so every conv, BN and neuron
+    downstream runs channels-last (conv outputs follow their input's order, the neurons keep it). Measured in
+    benchmarks/train_step.py (fsnn_resnet18, T=4): a training step ran 1.29x faster than NCHW on an H200 (batch 64,
+    224 px) and 1.03x on a 2-core CPU (batch 8, 128 px). Results equal NCHW's up to float rounding."""
 
     def __init__(self, block: str, layers: list[int], *, num_classes: int = 1000, T: int = 4, connect: str = "IAND",
                  aap: bool = True, neuron: str = "if", neuron_kwargs: dict | None = None,
-                 zero_init_residual: bool = False, style: str = "sew"):
+                 zero_init_residual: bool = False, style: str = "sew", channels_last: bool = True):
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -94,6 +99,7 @@ class SpikingResNet(DualStreamNet):
             raise ValueError(f"T must be >= 1, got {T}")
         get_connect(connect)  # validate early
         self.T, self.aap, self.style, self.connect = T, bool(aap), style, connect.upper()
+        self.channels_last = bool(channels_last)
         make_neuron = neuron_factory(neuron, neuron_kwargs)
         expansion = 1 if block == "basic" else 4
 
@@ -143,6 +149,8 @@ class SpikingResNet(DualStreamNet):
     def forward_streams(self, x: torch.Tensor, with_aap: bool):
         if x.dim() != 4:
             raise ValueError(f"{type(self).__name__} expects images [N, 3, H, W], got shape {tuple(x.shape)}")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         # The stem sees the same analog image at every step: run conv+BN once, then repeat over T.
         x_seq = repeat_time(self.stem_bn(self.stem_conv(x)), self.T)
         o = self.maxpool(self.stem_neuron(x_seq))
