@@ -157,6 +157,11 @@ def test_integration_rejects_events_outside_the_sensor():
     events["x"][57] = 128
     with pytest.raises(ValueError, match=r"event 57 \(x=128, y=0"):
         events_to_frames(events, (128, 128, 2), 4)
+    with pytest.raises(ValueError, match=r"event 57 \(x=128, y=0"):
+        events_to_frames(events, (128, 128, 2), 4, size=37)  # 128 * 37/128 = 37: outside the downsampled frame too
+    events["y"][12] = -1  # negative coordinates too (numpy indexing would wrap them around silently)
+    with pytest.raises(ValueError, match=r"event 12 \(x=0, y=-1"):
+        events_to_frames(events, (128, 128, 2), 4)
     with pytest.raises(ValueError, match="missing p, t"):
         events_to_frames(np.zeros(4, dtype=[("x", "<i2"), ("y", "<i2")]), (128, 128, 2), 2)
 

@@ -33,20 +33,33 @@ def _coordinate(v, factor, scale):
 
 @njit(cache=True, nogil=True)
 def _pixel_indices(x, y, p, fx, fy, scale, single_polarity, n_pol, height, width, out):
-    """out[i] = the flat (p, y', x') index of event i within one frame; returns False if any event falls outside.
+    """out[i] = the flat (p, y', x') index of event i within one frame. Returns (OR of every x' and y', OR of every
+    p) as unsigned ints: a cheap screen for the range check (a negative coordinate sets the top bit).
 
-    A loop of its own, in int32, with no early exit (the range checks are and'ed into one flag): written so, it ran
-    2.4x faster than int64 arithmetic (0.48 against 1.16 ms for 300k events here)."""
-    w, h, npol = np.uint32(width), np.uint32(height), np.uint32(n_pol)
+    The exact per-event check (_first_outside) in this loop made it 1.5x slower; an OR reduction vectorises with the
+    rest (0.32 against 0.48 ms for 300k events here), and int32 arithmetic ran 2.4x faster than int64."""
     plane, row = np.int32(height * width), np.int32(width)
-    inside = True
+    coords, pols = np.uint32(0), np.uint32(0)
     for i in range(out.shape[0]):
         xi = _coordinate(x[i], fx, scale)
         yi = _coordinate(y[i], fy, scale)
         pi = np.int32(0) if single_polarity else np.int32(p[i])
-        inside &= (np.uint32(xi) < w) & (np.uint32(yi) < h) & (np.uint32(pi) < npol)
+        coords |= np.uint32(xi) | np.uint32(yi)
+        pols |= np.uint32(pi)
         out[i] = pi * plane + yi * row + xi
-    return inside
+    return coords, pols
+
+
+@njit(cache=True, nogil=True)
+def _first_outside(x, y, p, fx, fy, scale, single_polarity, n_pol, height, width):
+    """Index of the first event whose (x', y', p) falls outside the frame, or -1 (run only when the screen fails)."""
+    for i in range(x.shape[0]):
+        xi = _coordinate(x[i], fx, scale)
+        yi = _coordinate(y[i], fy, scale)
+        pi = np.int32(0) if single_polarity else np.int32(p[i])
+        if xi < 0 or xi >= width or yi < 0 or yi >= height or pi < 0 or pi >= n_pol:
+            return i
+    return -1
 
 
 @njit(cache=True, nogil=True)
@@ -75,17 +88,6 @@ def slice_bounds(events: np.ndarray, frames: int, split_by: str) -> tuple[np.nda
     return starts, ends
 
 
-def _outside_message(events, lo, hi, factors, frame, sensor) -> str:
-    """Names the first event of [lo, hi) outside the frame (the slow path, run only to word the error)."""
-    x = (events["x"][lo:hi] * factors[0]).astype(np.int64)
-    y = (events["y"][lo:hi] * factors[1]).astype(np.int64)
-    p = np.zeros_like(x) if frame[2] == 1 else events["p"][lo:hi].astype(np.int64)
-    outside = (x < 0) | (x >= frame[0]) | (y < 0) | (y >= frame[1]) | (p < 0) | (p >= frame[2])
-    bad = lo + int(np.flatnonzero(outside)[0])
-    ev = events[bad]
-    return f"event {bad} (x={ev['x']}, y={ev['y']}, p={ev['p']}) lies outside the sensor {sensor}"
-
-
 def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], frames: int, split_by: str = "number",
                      size: int | None = None) -> np.ndarray:
     """Structured events (fields x, y, p, t; time-sorted) from a (W, H, P) sensor -> int16 [frames, P, size, size]
@@ -108,9 +110,15 @@ def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], fram
     scale = (fx, fy) != (1.0, 1.0)  # at the sensor's own size the product is exact: skip it
     pixel = np.empty(max(hi - lo, 0), dtype=np.int32)  # a frame has far fewer than 2**31 pixels
     window = events[lo:hi]
-    if not _pixel_indices(window["x"], window["y"], window["p"], fx, fy, scale, single_polarity, n_pol, out_h, out_w,
-                          pixel):
-        raise ValueError(_outside_message(events, lo, hi, (fx, fy), (out_w, out_h, n_pol), (width, height, n_pol)))
+    args = (window["x"], window["y"], window["p"], fx, fy, scale, single_polarity, n_pol, out_h, out_w)
+    coords, pols = _pixel_indices(*args, pixel)
+    # every value < bound when their OR is; only when the OR is not (a bound that is no power of two) look closer
+    if coords >= min(out_w, out_h) or pols >= n_pol:
+        bad = _first_outside(*args)
+        if bad >= 0:
+            ev = events[lo + bad]
+            raise ValueError(f"event {lo + bad} (x={ev['x']}, y={ev['y']}, p={ev['p']}) lies outside the sensor "
+                             f"{(width, height, n_pol)}")
     _scatter(pixel, lo, starts, ends, out)
     return out
 
