@@ -98,6 +98,45 @@ def test_loaders_round_trip(demo_prepared):
     assert loaders.train.loader.next_epoch == 5
 
 
+def first_batches(root: Path, *, seed: int, epoch: int, workers: int, n: int = 3) -> list[torch.Tensor]:
+    loader = build_loaders(config(root, workers=workers), seed=seed).train
+    loader.set_epoch(epoch)
+    batches = []
+    for images, _ in loader:
+        batches.append(images.clone())
+        if len(batches) == n:
+            break
+    return batches
+
+
+@pytest.mark.timeout(300)
+def test_training_augmentations_repeat_with_the_seed(demo_prepared):
+    """Random crops and flips are drawn from per-image seeds: the same (seed, epoch) gives the same batches in a
+    new loader and with another thread count (what a resumed run, or one on another node, sees); another epoch or
+    another seed gives other crops."""
+    reference = first_batches(demo_prepared, seed=3, epoch=1, workers=2)
+    again = first_batches(demo_prepared, seed=3, epoch=1, workers=2)
+    one_thread = first_batches(demo_prepared, seed=3, epoch=1, workers=1)
+    assert all(torch.equal(a, b) for a, b in zip(reference, again))
+    assert all(torch.equal(a, b) for a, b in zip(reference, one_thread))
+    other_seed = first_batches(demo_prepared, seed=4, epoch=1, workers=2)
+    assert not any(torch.equal(a, b) for a, b in zip(reference, other_seed))
+    assert not any(torch.equal(a, b) for a, b in zip(reference, first_batches(demo_prepared, seed=3, epoch=2,
+                                                                               workers=2)))
+
+
+def test_per_image_seeds_spread():
+    """Seeds differ across images of a batch, across batches holding the same image, and across run seeds."""
+    from pipeline.data.seeded_augment import batch_key, seed_for
+    batch = np.arange(64, dtype=np.uint64)
+    key = batch_key(0, batch)
+    seeds = {int(seed_for(key, i)) for i in batch}
+    assert len(seeds) == 64
+    shuffled = batch_key(0, batch[::-1].copy())
+    assert seed_for(shuffled, 5) != seed_for(key, 5)
+    assert batch_key(1, batch) != key
+
+
 @pytest.mark.timeout(180)
 def test_gpu_pipeline_order_matches_cpu_order(demo_prepared):
     """The GPU order (uint8 -> ToDevice -> torch normalisation) must build without FFCV's CPU-order hang and

@@ -68,12 +68,11 @@ def test_two_gloo_ranks_train_with_zero_0(tmp_path, demo_images):
 @pytest.mark.timeout(900)
 @pytest.mark.parametrize("zero_stage", [2])
 def test_two_gloo_ranks_train_and_resume_equivalently(tmp_path, demo_images, zero_stage):
-    """2 ranks, 2 epochs straight == 1 epoch, stop, resume for the 2nd (same seed, CPU, float tolerance).
-
-    FFCV's random crops draw from numba's unseeded per-thread generator, so the comparison runs with
-    data.augment=false; the sample order per epoch, the model, optimizer and schedule state are what resume restores.
+    """2 ranks, 2 epochs straight == 1 epoch, stop, resume for the 2nd (same seed, CPU, float tolerance), with the
+    training augmentations on: the sample order per epoch and the per-image crop and flip seeds repeat; the model,
+    optimizer and schedule state are what resume restores.
     """
-    straight = experiment(tmp_path / "a", demo_images, trainer={"zero_stage": zero_stage}, data={"augment": False})
+    straight = experiment(tmp_path / "a", demo_images, trainer={"zero_stage": zero_stage}, data={"augment": True})
     _ok(dst_train(straight, ranks=2))
     full = metrics(tmp_path / "a" / "run")
     assert full["final"]["world_size"] == 2
@@ -84,7 +83,7 @@ def test_two_gloo_ranks_train_and_resume_equivalently(tmp_path, demo_images, zer
     ckpts = tmp_path / "a" / "run" / "checkpoints"
     assert (ckpts / "latest").read_text().strip() == "epoch0002"
 
-    interrupted = experiment(tmp_path / "b", demo_images, trainer={"zero_stage": zero_stage}, data={"augment": False})
+    interrupted = experiment(tmp_path / "b", demo_images, trainer={"zero_stage": zero_stage}, data={"augment": True})
     _ok(dst_train(interrupted, "trainer.epochs=1", ranks=2))
     assert (tmp_path / "b" / "run" / "checkpoints" / "latest").read_text().strip() == "epoch0001"
     # The schedule depends on the total epochs: the resumed run states the same total as the straight one.

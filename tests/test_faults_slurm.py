@@ -26,8 +26,8 @@ def _job_field(job_id: str, key: str) -> str:
 @pytest.mark.timeout(480)
 def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path_factory, tmp_path):
     demo = shared_demo(tmp_path_factory) / "images"
-    # augment off: FFCV's random crops are unseeded, and the resumed run is compared with an uninterrupted one.
-    cfg = experiment(tmp_path, demo, trainer={"max_steps_per_epoch": 4}, data={"augment": False},
+    # augment on: crops and flips come from per-image seeds, so the resumed run can match an uninterrupted one.
+    cfg = experiment(tmp_path, demo, trainer={"max_steps_per_epoch": 4}, data={"augment": True},
                      launcher={"cluster": "slurm", "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 2,
                                "time_min": 15})
     ckpts = tmp_path / "run" / "checkpoints"

@@ -69,8 +69,9 @@ def build_loaders(data, *, rank: int = 0, world_size: int = 1, seed: int = 0, de
 # ---------------------------------------------------------------- images (FFCV)
 
 def image_pipelines(*, train: bool, resolution: int, augment: dict | None, crop_ratio: float, mean, std,
-                    device: str, order: str | None = None) -> dict:
-    """FFCV pipelines for the 'image' and 'label' fields.
+                    device: str, order: str | None = None, seed: int = 0) -> dict:
+    """FFCV pipelines for the 'image' and 'label' fields. Training crops and flips are FFCV's, drawn from per-image
+    seeds (pipeline/data/seeded_augment.py): the same seed gives the same augmentations, also after a resume.
 
     order "cpu": decoder -> [flip] -> NormalizeImage -> ToTensor -> ToTorchImage. The ffcv-imagenet order
     (ToTensor, ToDevice, ToTorchImage, then NormalizeImage) puts a jit stage after non-jit ones, which
@@ -78,16 +79,18 @@ def image_pipelines(*, train: bool, resolution: int, augment: dict | None, crop_
     order "gpu": decoder -> [flip] -> ToTensor -> ToDevice -> ToTorchImage; uint8 goes to the device and
     FfcvLoader normalises there with torch (FFCV's GPU NormalizeImage would need cupy).
     """
-    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder
-    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, ToDevice, ToTensor, ToTorchImage
+    from ffcv.fields.decoders import CenterCropRGBImageDecoder, IntDecoder
+    from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
+
+    from pipeline.data.seeded_augment import SeededRandomHorizontalFlip, SeededRandomResizedCrop
 
     order = order or ("cpu" if device == "cpu" else "gpu")
     size = (resolution, resolution)
     if train and augment:  # train without augmentation reads like val
-        image = [RandomResizedCropRGBImageDecoder(size, scale=tuple(augment["crop_scale"]),
-                                                  ratio=tuple(augment["crop_ratio"]))]
+        image = [SeededRandomResizedCrop(size, scale=tuple(augment["crop_scale"]), ratio=tuple(augment["crop_ratio"]),
+                                         seed=seed)]
         if augment["flip"]:
-            image.append(RandomHorizontalFlip())
+            image.append(SeededRandomHorizontalFlip(seed=seed))
     else:
         image = [CenterCropRGBImageDecoder(size, ratio=crop_ratio)]
     label = [IntDecoder(), ToTensor()]
@@ -168,7 +171,7 @@ def build_image_loaders(root: Path, meta: dict, card: dict, data, *, workers: in
         pipelines = image_pipelines(train=train, resolution=data.resolution,
                                     augment=card["augment"] if data.augment else None,
                                     crop_ratio=card["augment"]["val_crop_ratio"], mean=card["mean"], std=card["std"],
-                                    device=device, order=order)
+                                    device=device, order=order, seed=seed)
         loader = Loader(str(path), batch_size=batch_size, num_workers=max(workers, 1),
                         order=_rank_order(seed=seed, rank=rank, world_size=world_size, train=train),
                         pipelines=pipelines, drop_last=train)
