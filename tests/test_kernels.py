@@ -139,15 +139,21 @@ def test_constants_follow_a_changing_k():
     assert not c1.flags.writeable
 
 
-@pytest.mark.parametrize("impl", CPU_IMPLS)
-@pytest.mark.parametrize("name", list(NEURONS))
-def test_other_constants(impl, name):
-    """Threshold, reset, alpha and tau that are not round numbers (1/3 is inexact: the order of operations shows)."""
+def inexact_constants(name: str) -> dict:
+    """Neuron kwargs with a threshold, reset, alpha and tau that are not round numbers (1/tau = 1/3 is inexact)."""
     kw = dict(v_threshold=0.7, v_reset=-0.1, alpha=3.0, detach_reset=False)
     if name.startswith("lif"):
         kw["tau"] = 3.0
     elif name.startswith("plif"):
         kw["init_tau"] = 3.0
+    return kw
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+def test_other_constants(impl, name):
+    """Threshold, reset, alpha and tau that are not round numbers (1/3 is inexact: the order of operations shows)."""
+    kw = inexact_constants(name)
     compare(name, impl, make_input((6, 4, 11), torch.float32, seed=7), **kw)
     compare(name, impl, make_input((6, 4, 11), torch.float64, seed=8), **{**kw, "v_reset": None})
 
@@ -166,11 +172,7 @@ def test_bfloat16_matches_reference(impl, name, surrogate, v_reset):
 @pytest.mark.parametrize("name", list(NEURONS))
 def test_bfloat16_inexact_constants_and_blocks(impl, name):
     """Constants that bf16 cannot hold (0.7, -0.1, 1/3), a long sequence, and more than one kernel block."""
-    kw = dict(v_threshold=0.7, v_reset=-0.1, alpha=3.0, detach_reset=False)
-    if name.startswith("lif"):
-        kw["tau"] = 3.0
-    elif name.startswith("plif"):
-        kw["init_tau"] = 3.0
+    kw = inexact_constants(name)
     compare(name, impl, make_input((6, 4, 11), torch.bfloat16, seed=10), **kw)
     compare(name, impl, make_input((6, 4, 11), torch.bfloat16, seed=11), **{**kw, "v_reset": None})
     compare(name, impl, make_input((24, 2, 50), torch.bfloat16, seed=12))
