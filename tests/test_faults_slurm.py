@@ -27,7 +27,9 @@ def _job_field(job_id: str, key: str) -> str:
 def test_preempted_training_is_requeued_and_resumes_from_its_checkpoint(slurm_cluster, tmp_path_factory, tmp_path):
     demo = shared_demo(tmp_path_factory) / "images"
     # augment on: crops and flips come from per-image seeds, so the resumed run can match an uninterrupted one.
-    cfg = experiment(tmp_path, demo, trainer={"max_steps_per_epoch": 4}, data={"augment": True},
+    # 40 steps an epoch (seconds, not a fraction of one): the signal must land while epoch 2 is still running; with 4
+    # steps, epoch 2 once finished and wrote its checkpoint before the signal was handled.
+    cfg = experiment(tmp_path, demo, trainer={"max_steps_per_epoch": 40}, data={"augment": True},
                      launcher={"cluster": "slurm", "nodes": 1, "tasks_per_node": 1, "cpus_per_task": 1, "mem_gb": 2,
                                "time_min": 15})
     ckpts = tmp_path / "run" / "checkpoints"
