@@ -1,5 +1,5 @@
 """DVS datasets -> frames: tonic reads the raw events in its own layout; each recording is integrated into
-T frames [T, 2, H, W] (pipeline/data/frames.py: tonic's ToFrame counts, computed by a compiled loop) and stored in
+T frames [T, 2, H, W] (pipeline/data/frames.py: tonic's ToFrame counts, computed by compiled loops) and stored in
 one memory-mapped .npy per split, so a training sample is one read.
 
 <out>/train_frames.npy, test_frames.npy   int16 event counts [N, T, 2, H, W]

@@ -105,8 +105,8 @@ def events_to_frames(events: np.ndarray, sensor_size: tuple[int, int, int], fram
     starts, ends = slice_bounds(events, frames, split_by)
     out = np.zeros((len(starts), n_pol, out_h, out_w), dtype=np.int16)
     lo, hi = (int(starts.min()), int(ends.max())) if len(starts) else (0, 0)
-    # Two passes, each a tight loop: one computing every event's pixel, then the scatter. Fused into one
-    # loop they ran 1.2x slower (0.90 against 0.78 ms for 300k events here).
+    # Two passes, each a tight loop: one computing every event's pixel, then the scatter. Fused into one loop (with
+    # the range check inside) they ran 1.5x slower (0.90 against 0.58 ms for 300k events here).
     scale = (fx, fy) != (1.0, 1.0)  # at the sensor's own size the product is exact: skip it
     pixel = np.empty(max(hi - lo, 0), dtype=np.int32)  # a frame has far fewer than 2**31 pixels
     window = events[lo:hi]

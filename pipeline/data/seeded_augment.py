@@ -67,7 +67,7 @@ class SeededRandomResizedCrop(ResizedCropRGBImageDecoder):
         my_range = Compiler.get_iterator()
         imdecode_c = Compiler.compile(imdecode)
         resize_crop_c = Compiler.compile(resize_crop)
-        get_crop_c = Compiler.compile(get_random_crop)
+        get_crop_c = Compiler.compile(self.get_crop_generator)
         scale, ratio, seed = np.array(self.scale), np.array(self.ratio), self.seed
 
         def decode(batch_indices, my_storage, metadata, storage_state):
