@@ -105,11 +105,13 @@ def test_long_sequences(impl, name, T):
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("name", list(NEURONS))
 def test_several_blocks(impl, name, monkeypatch):
-    """More elements per step than one kernel block, and a ragged last block. The real blocks are large (see
+    """More elements per step than one kernel block, and a ragged last block, for T = 4 too. The real blocks are large (see
     dst/kernels/cpu.py), so they are shrunk here: 1024 forward, 2048/T backward (rounded up to 1024)."""
     monkeypatch.setattr(kcpu, "FORWARD_BLOCK", 1024)
     monkeypatch.setattr(kcpu, "BACKWARD_SCRATCH", 2048)
     compare(name, impl, make_input((3, 2, 4099), torch.float32, seed=5), detach_reset=False, v_reset=None)
+    compare(name, impl, make_input((4, 2, 4099), torch.float32, seed=7), detach_reset=False)   # T = 4's own passes
+    compare(name, impl, make_input((4, 1, 5000), torch.bfloat16, seed=8), v_reset=None)
     compare(name, impl, make_input((7, 1, 9001), torch.float32, seed=6), surrogate="sigmoid")
     compare(name, impl, make_input((3, 1, 5000), torch.bfloat16, seed=13), surrogate="sigmoid")
 
@@ -162,9 +164,10 @@ def test_other_constants(impl, name):
 @pytest.mark.parametrize("name", list(NEURONS))
 @pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
 @pytest.mark.parametrize("v_reset", [0.0, None], ids=["hard", "soft"])
-def test_bfloat16_matches_reference(impl, name, surrogate, v_reset):
+@pytest.mark.parametrize("T", [4, 8])  # T = 4 has forward and backward passes of its own, H kept in registers
+def test_bfloat16_matches_reference(impl, name, surrogate, v_reset, T):
     """bf16: the kernels round every forward intermediate as eager bf16 ops do, so spikes are identical."""
-    x = make_input((8, 4, 33), torch.bfloat16, seed=9)
+    x = make_input((T, 4, 33), torch.bfloat16, seed=9)
     compare(name, impl, x, v_reset=v_reset, surrogate=surrogate, detach_reset=False)
 
 

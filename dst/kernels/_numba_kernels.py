@@ -5,7 +5,10 @@ Work is split into blocks of B elements, run in parallel (prange); inside a bloc
 buffer (four steps per pass over it, V in a register in between), so forward reads X once and writes S once. Backward
 recomputes H for the block into a T x B scratch (L2/L3 sized, see the block sizes in dst/kernels/cpu.py), then runs
 the BPTT recurrence backwards: it reads X and dL/dS once and writes dL/dX once. Nothing but X is kept between forward
-and backward.
+and backward. At T = 4 (the usual setting) each pass is a single loop with everything in registers: forward needs no V
+buffer, and backward recomputes H[0..3] of an element and runs its four BPTT steps without any scratch (measured at
+T = 4 on x = [4, 2M] float32, 2 threads: backward went from ~1.8-2.1x to ~1.1-1.3x the time of torch.add(x, g, out=),
+forward from ~1.3x to ~1.1x torch.mul(x, 0.5, out=)).
 
 Vectorisation: each per-step loop lives in its own small function (inline="never") over 1-D slices starting at 0, with
 error_model="numpy" (no ZeroDivisionError check in the surrogate's division). In that form LLVM vectorises every loop
@@ -165,6 +168,16 @@ def _charge_fire4(v, x0, x1, x2, x3, o0, o1, o2, o3, kind, hard, th, reset_r, th
 
 
 @_step
+def _charge_fire4_from_rest(x0, x1, x2, x3, o0, o1, o2, o3, kind, hard, th, reset_r, th_r, rest, k, v0, one, zero):
+    """A whole T = 4 forward in one pass, starting from rest: no V buffer at all (the final V is not needed)."""
+    dt = x0.dtype
+    for j in range(x0.shape[0]):
+        o0[j], vv = _fire(v0, _ld(x0[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+        o1[j], vv = _fire(vv, _ld(x1[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+        o2[j], vv = _fire(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+        o3[j], vv = _fire(vv, _ld(x3[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
+
+@_step
 def _charge_keep(v, xt, ht, kind, hard, th, reset_r, th_r, rest, k, zero):
     """The same step, keeping H (backward's recompute)."""
     dt = xt.dtype
@@ -283,6 +296,24 @@ def _bptt_atan4(h3, g3, gx3, h2, g2, gx2, h1, g1, gx1, h0, g0, gx0, gv, kind, ha
 
 
 @_step
+def _recompute_bptt_atan4(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, kind, hard, detach, th, reset, reset_r,
+                          th_r, rest, k, a, ha, v0, one, zero):
+    """A whole T = 4 backward in one pass: H[0..3] recomputed from X into registers, then the four BPTT steps. No H
+    scratch at all (at T = 4 the block's T x B scratch was the largest stream left, spilling this CPU's 1 MiB L2)."""
+    omk = one - k
+    dt = gx0.dtype
+    for j in range(x0.shape[0]):
+        h0, vv = _keep(v0, _ld(x0[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+        h1, vv = _keep(vv, _ld(x1[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+        h2, vv = _keep(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+        h3 = _charge(vv, _ld(x3[j]), kind, rest, k, dt)
+        gx3[j], g = _bptt_atan_step(h3, _ld(g3[j]), zero, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
+        gx2[j], g = _bptt_atan_step(h2, _ld(g2[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
+        gx1[j], g = _bptt_atan_step(h1, _ld(g1[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
+        gx0[j], g = _bptt_atan_step(h0, _ld(g0[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
+
+
+@_step
 def _bptt_table(ht, st, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, one, zero):
     """One backward step with a precomputed surrogate gradient st (Sigmoid)."""
     one_minus_k = one - k
@@ -304,6 +335,12 @@ def forward(x, x_rs, out, T, M, B, c, kind, hard):
     for b in prange(nblk):
         lo = b * B
         n = min(B, M - lo)
+        if T == 4:
+            _charge_fire4_from_rest(x[lo: lo + n], x[x_rs + lo: x_rs + lo + n], x[2 * x_rs + lo: 2 * x_rs + lo + n],
+                                    x[3 * x_rs + lo: 3 * x_rs + lo + n], out[lo: lo + n], out[M + lo: M + lo + n],
+                                    out[2 * M + lo: 2 * M + lo + n], out[3 * M + lo: 3 * M + lo + n],
+                                    kind, hard, th, reset_r, th_r, rest, k, v0, one, zero)
+            continue
         v = np.empty(n, dtype=c.dtype)
         v[:] = v0
         t = 0
@@ -329,6 +366,14 @@ def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, lear
     for b in prange(nblk):
         lo = b * B
         n = min(B, M - lo)
+        if T == 4 and not (sigmoid or learn_k):                # H in registers, no scratch
+            _recompute_bptt_atan4(x[lo: lo + n], x[x_rs + lo: x_rs + lo + n], x[2 * x_rs + lo: 2 * x_rs + lo + n],
+                                  x[3 * x_rs + lo: 3 * x_rs + lo + n], g[lo: lo + n], g[g_rs + lo: g_rs + lo + n],
+                                  g[2 * g_rs + lo: 2 * g_rs + lo + n], g[3 * g_rs + lo: 3 * g_rs + lo + n],
+                                  gx[lo: lo + n], gx[M + lo: M + lo + n], gx[2 * M + lo: 2 * M + lo + n],
+                                  gx[3 * M + lo: 3 * M + lo + n], kind, hard, detach, th, reset, reset_r, th_r, rest,
+                                  k, a, ha, v0, one, zero)
+            continue
         hb = np.empty((T, n), dtype=c.dtype)                   # H[t]
         sb = np.empty((T, n) if sigmoid else (T, 0), dtype=c.dtype)   # Sigmoid's surrogate gradient at H[t]
         v = np.empty(n, dtype=c.dtype)
