@@ -17,6 +17,7 @@ import torch
 from dst import kernels
 from dst import neuron as dn
 from dst.kernels import cpu as kcpu
+from dst.kernels import numba_threads
 from dst.kernels.layout import rows_layout
 from dst.kernels.spec import IF, LIF, LIF_NO_DECAY_INPUT, neuron_spec
 
@@ -126,7 +127,7 @@ def test_block_sizes():
     assert kcpu._backward_block(4096, 1 << 21, 2) == kcpu.MIN_BLOCK
     assert kcpu._forward_block(100_000, 2) == 25_024                  # 4 blocks of a multiple of 64
     assert kcpu._forward_block(100, 8) == kcpu.MIN_BLOCK
-    assert kcpu._threads(100) == 1
+    assert numba_threads.threads(100) == 1
 
 
 @needs_numba

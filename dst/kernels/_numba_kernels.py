@@ -419,3 +419,16 @@ def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, lear
                 _bptt_atan(hb[t], gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, a, ha, one, zero)
         if learn_k:
             partial[b] = acc.sum()
+
+
+_SERIAL = {}
+
+
+def serial(name: str):
+    """The kernel `name` ("forward" or "backward") compiled without threads (prange runs as range), on first use: for
+    a process forked from one whose numba pool runs on GNU OpenMP (see dst/kernels/numba_threads.py). Not cached on
+    disk: the parallel build's cache entry has the same function name."""
+    if name not in _SERIAL:
+        _SERIAL[name] = njit(error_model="numpy")(globals()[name].py_func)
+    return _SERIAL[name]
+

@@ -15,6 +15,7 @@ import os
 import numpy as np
 import torch
 
+from dst.kernels import numba_threads
 from dst.kernels.layout import rows_layout
 from dst.kernels.spec import IF, LIF, NeuronSpec
 from dst.surrogate import SURROGATE_GRADS, heaviside
@@ -27,9 +28,6 @@ from dst.surrogate import SURROGATE_GRADS, heaviside
 FORWARD_BLOCK = 131072          # forward keeps one row of V per block: 512 KiB in float32
 BACKWARD_SCRATCH = 1 << 19      # backward keeps H for the whole block, T x B values: 2 MiB in float32 (Sigmoid: x2)
 MIN_BLOCK = 1024
-# Below this many elements (T x M) a call runs on one thread: waking the pool costs tens of microseconds, more than
-# the work itself.
-PARALLEL_MIN_ELEMENTS = 1 << 16
 
 
 def _round_block(b: int) -> int:
@@ -143,6 +141,7 @@ def _numba_kernels():
         else:
             try:
                 from dst.kernels import _numba_kernels as kernels
+                numba_threads.prefer_omp_layer()
                 _NUMBA = kernels
             except ImportError:
                 _NUMBA = False
@@ -206,31 +205,10 @@ def _flat_out(rows: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-def _threads(elements: int) -> int:
-    """Threads for a call over `elements` values: torch's count (so `torch.set_num_threads` governs both), one for
-    small calls."""
-    if elements < PARALLEL_MIN_ELEMENTS:
-        return 1
-    import numba
-    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
-
-
-class _Threads:
-    """Run numba's parallel loops on n threads; numba's setting is changed (and restored) only when it differs."""
-
-    def __init__(self, n: int):
-        self._n = n
-
-    def __enter__(self):
-        import numba
-        self._numba = numba
-        self._old = numba.get_num_threads()
-        if self._old != self._n:
-            numba.set_num_threads(self._n)
-
-    def __exit__(self, *exc):
-        if self._old != self._n:
-            self._numba.set_num_threads(self._old)
+def _kernel(name: str):
+    """The numba kernel `name`: the parallel build, or the serial one where parallel kernels would abort a fork."""
+    kernels = _numba_kernels()
+    return kernels.serial(name) if numba_threads.serial_only() else getattr(kernels, name)
 
 
 class NumbaImpl:
@@ -248,9 +226,9 @@ class NumbaImpl:
         if x.numel() == 0:
             return out
         xf, xrs = _flat(layout.rows_of(x.detach()))
-        n = _threads(x.numel())
-        with _Threads(n):
-            _numba_kernels().forward(xf, xrs, _flat_out(out_rows), layout.T, layout.M, _forward_block(layout.M, n),
+        n = numba_threads.threads(x.numel())
+        with numba_threads.Threads(n):
+            _kernel("forward")(xf, xrs, _flat_out(out_rows), layout.T, layout.M, _forward_block(layout.M, n),
                                      _constants(spec, k, x.dtype), spec.kind, spec.hard)
         return out
 
@@ -258,15 +236,15 @@ class NumbaImpl:
     def backward(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k):
         layout = rows_layout(x)
         gx, gx_rows = layout.empty(x)
-        n = _threads(x.numel())
+        n = numba_threads.threads(x.numel())
         B = _backward_block(layout.T, layout.M, n)
         nblk = (layout.M + B - 1) // B
         partial = np.zeros(max(nblk, 1), dtype=np.float64)
         if x.numel():
             xf, xrs = _flat(layout.rows_of(x.detach()))
             gf, grs = _flat(layout.rows_of(g.detach().to(x.dtype)))
-            with _Threads(n):
-                _numba_kernels().backward(xf, xrs, gf, grs, _flat_out(gx_rows), layout.T, layout.M, B,
+            with numba_threads.Threads(n):
+                _kernel("backward")(xf, xrs, gf, grs, _flat_out(gx_rows), layout.T, layout.M, B,
                                           _constants(spec, k, x.dtype), spec.kind, spec.hard, spec.detach_reset,
                                           spec.surrogate_id == 1, spec.learn_k, partial)
         gk = torch.tensor(partial.sum(), dtype=torch.float64) if spec.learn_k else None

@@ -1,0 +1,92 @@
+"""Numba's thread pool as the CPU kernels use it: which threading layer, how many threads a call gets, and what a
+forked child does.
+
+Layer. PyTorch runs its CPU ops on its own OpenMP pool, and numba's parallel kernels run on a pool of numba's. Numba's
+default layer, TBB, keeps its workers spinning after each kernel, so the conv that follows a neuron shares the cores
+with them. Numba's 'omp' layer does not cost that. Measured on a 2-core CPU, fsnn_resnet18 training step (T=4,
+batch 8, 128 px), 3 runs each, interleaved: 650-710 ms with TBB, 602-622 ms with 'omp'. SpikingJelly's step, run in
+the same processes, also went from 814-868 to 782-797 ms, as TBB's workers had been slowing it too. So, unless the
+user chose a layer (NUMBA_THREADING_LAYER, or numba.config.THREADING_LAYER set before the first parallel kernel), the
+kernels ask for 'omp' where numba has it.
+
+Fork. GNU OpenMP is not fork-safe: numba aborts a forked child that launches a parallel kernel after its parent did
+("fork() called from a process already using GNU OpenMP"). A child forked after the kernels ran on that layer runs
+their serial builds instead (see `serial_only`).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Below this many elements (T x M) a call runs on one thread: waking the pool costs tens of microseconds, more than
+# the work itself.
+PARALLEL_MIN_ELEMENTS = 1 << 16
+
+_forked_from_gnu_omp = False
+
+
+def prefer_omp_layer() -> None:
+    """Select numba's 'omp' threading layer unless the user chose one or numba's pool is already running."""
+    import numba
+    from numba.np.ufunc import parallel
+    if parallel._is_initialized or str(numba.config.THREADING_LAYER).lower() != "default":
+        return
+    try:
+        from numba.np.ufunc import omppool  # noqa: F401 - only to know that the layer can load
+    except ImportError:
+        return
+    numba.config.THREADING_LAYER = "omp"
+
+
+def _gnu_omp_in_use() -> bool:
+    from numba.np.ufunc import parallel
+    if not parallel._is_initialized or parallel._threading_layer != "omp":
+        return False
+    from numba.np.ufunc import omppool
+    return omppool.openmp_vendor == "GNU"
+
+
+def _after_fork_in_child() -> None:
+    global _forked_from_gnu_omp
+    _forked_from_gnu_omp = _forked_from_gnu_omp or _gnu_omp_in_use()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def serial_only() -> bool:
+    """True in a process forked (at any depth) from one whose numba pool ran on GNU OpenMP: parallel kernels would
+    abort it."""
+    return _forked_from_gnu_omp
+
+
+def threads(elements: int) -> int:
+    """Threads for a call over `elements` values: torch's count (so `torch.set_num_threads` governs both), one for
+    small calls and in a child that cannot run parallel kernels."""
+    if elements < PARALLEL_MIN_ELEMENTS or _forked_from_gnu_omp:
+        return 1
+    import numba
+    return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+
+
+class Threads:
+    """Run numba's parallel loops on n threads; numba's setting is changed (and restored) only when it differs."""
+
+    def __init__(self, n: int):
+        self._n = n
+
+    def __enter__(self):
+        self._old = None
+        if _forked_from_gnu_omp:    # serial kernels: numba's pool must not even be asked
+            return
+        import numba
+        self._numba = numba
+        self._old = numba.get_num_threads()
+        if self._old != self._n:
+            numba.set_num_threads(self._n)
+
+    def __exit__(self, *exc):
+        if self._old is not None and self._old != self._n:
+            self._numba.set_num_threads(self._old)
