@@ -50,20 +50,31 @@ class MultiStepNeuron(nn.Module):
     def charge(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def forward(self, x_seq: torch.Tensor) -> torch.Tensor:
-        if x_seq.dim() < 2:
+    def forward(self, x_seq: torch.Tensor, repeat: int | None = None) -> torch.Tensor:
+        """Spikes [T, N, ...] for inputs x_seq [T, N, ...].
+
+        repeat=T: x_seq is one input [N, ...] presented at each of T steps (the stem's analog image). Same spikes and
+        gradients as x_seq.expand(T, ...), but the fused kernels sum the gradient over T themselves (no [T, N, ...]
+        gradient and no sum over it in backward)."""
+        if repeat is not None:
+            if repeat < 1:
+                raise ValueError(f"repeat must be >= 1, got {repeat}")
+            x_full = x_seq.unsqueeze(0).expand(repeat, *x_seq.shape)
+        else:
+            x_full = x_seq
+        if x_full.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects [T, N, ...], got shape {tuple(x_seq.shape)}")
         backend = self.backend
         if backend == "torch" or _tracing():
-            return self.multistep_reference(x_seq)
+            return self.multistep_reference(x_full)
         spec = kernels.neuron_spec(self)
         if backend == "auto" and (spec is None or not x_seq.is_floating_point()):
-            return self.multistep_reference(x_seq)
+            return self.multistep_reference(x_full)
         if spec is None:
             raise ValueError(f"backend {backend!r} does not know the equations of {type(self).__name__}; "
                              f"use backend='torch'")
         k = self.decay(x_seq) if isinstance(self, MultiStepLIF) else None
-        return kernels.multistep(x_seq, spec, k, backend)
+        return kernels.multistep(x_seq, spec, k, backend, repeat=repeat)
 
     def multistep_reference(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The plain loop over T with autograd through every step: the oracle for fused backends."""

@@ -216,6 +216,39 @@ def test_layouts(impl, name):
     compare(name, impl, x_slice)
 
 
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("name", list(NEURONS))
+@pytest.mark.parametrize("surrogate", ["atan", "sigmoid"])
+@pytest.mark.parametrize("T", [1, 4, 6])  # numba sums over T in its kernel at T = 4 (ATan, no PLIF), elsewhere after
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_repeated_input(impl, name, surrogate, T, dtype):
+    """neuron(x, repeat=T) (the stem: one input at every step) against the reference on x.expand(T, ...): identical
+    spikes, dL/dx summed over T within tolerance, for NCHW and channels-last x."""
+    neuron = make_neuron(name, impl, surrogate=surrogate, detach_reset=False).to(torch.float32)
+    for x in (make_input((2, 5, 4, 6), dtype, seed=T),
+              make_input((2, 5, 4, 6), dtype, seed=T + 1).to(memory_format=torch.channels_last)):
+        upstream = make_input((T, *x.shape), dtype, seed=20) - 0.6
+        params = [x.requires_grad_(True), *neuron.parameters()]
+        neuron.backend = impl
+        y = neuron(x, repeat=T)
+        grads = torch.autograd.grad((y * upstream).sum(), params)
+        neuron.backend = "torch"
+        y_ref = neuron(x.unsqueeze(0).expand(T, *x.shape))
+        grads_ref = torch.autograd.grad((y_ref * upstream).sum(), params)
+        assert y.shape == (T, *x.shape) and torch.equal(y, y_ref)
+        assert 0 < y.sum() < y.numel()
+        assert grads[0].shape == x.shape
+        if impl == "numba":  # its gradient keeps the input's layout (the stem's BN backward then stays channels-last)
+            assert grads[0].stride() == x.stride()
+        for got, want in zip(grads, grads_ref):
+            torch.testing.assert_close(got, want, **TOL[dtype])
+
+
+def test_repeat_must_be_positive():
+    with pytest.raises(ValueError, match="repeat must be >= 1"):
+        dn.MultiStepIF()(torch.zeros(2, 3), repeat=0)
+
+
 def test_rows_layout_views_without_copy():
     x = make_input((12, 5, 4, 6), torch.float32).to(memory_format=torch.channels_last).unflatten(0, (3, 4))
     layout = rows_layout(x)

@@ -41,13 +41,16 @@ def select_impl(x: torch.Tensor, spec: NeuronSpec, backend: str = "auto"):
 
 
 class FusedMultiStep(torch.autograd.Function):
-    """spikes = neuron(x) with a hand-written backward through time. Saves x (and k) only."""
+    """spikes = neuron(x) with a hand-written backward through time. Saves x (and k) only.
+
+    repeat=T: x is one input [N, ...] presented at each of T steps (the stem's analog image); the gradient w.r.t. x
+    is the sum over the steps, which the numba kernel computes in place of a [T, N, ...] gradient and its sum."""
 
     @staticmethod
-    def forward(ctx, x, k_tensor, k_const, spec, impl):
+    def forward(ctx, x, k_tensor, k_const, spec, impl, repeat):
         k = k_tensor if k_tensor is not None else k_const
-        out = impl.forward(x, spec, k)
-        ctx.spec, ctx.impl, ctx.k_const = spec, impl, k_const
+        out = impl.forward(_repeated(x, repeat), spec, k)
+        ctx.spec, ctx.impl, ctx.k_const, ctx.repeat = spec, impl, k_const, repeat
         ctx.save_for_backward(x, k_tensor)
         return out
 
@@ -56,23 +59,35 @@ class FusedMultiStep(torch.autograd.Function):
     def backward(ctx, grad_spikes):
         x, k_tensor = ctx.saved_tensors
         k = k_tensor if k_tensor is not None else ctx.k_const
-        gx, gk = ctx.impl.backward(x, grad_spikes, ctx.spec, k)
+        if ctx.repeat is None:
+            gx, gk = ctx.impl.backward(x, grad_spikes, ctx.spec, k)
+        elif hasattr(ctx.impl, "backward_summed"):
+            gx, gk = ctx.impl.backward_summed(_repeated(x, ctx.repeat), grad_spikes, ctx.spec, k)
+        else:
+            gx, gk = ctx.impl.backward(_repeated(x, ctx.repeat), grad_spikes, ctx.spec, k)
+            gx = gx.sum(0)
         if k_tensor is not None and ctx.needs_input_grad[1] and gk is not None:
             gk = gk.to(dtype=k_tensor.dtype, device=k_tensor.device).reshape(k_tensor.shape)
         else:
             gk = None
-        return (gx if ctx.needs_input_grad[0] else None), gk, None, None, None
+        return (gx if ctx.needs_input_grad[0] else None), gk, None, None, None, None
 
 
-def multistep(x_seq: torch.Tensor, spec: NeuronSpec, k=None, backend: str = "auto") -> torch.Tensor:
+def _repeated(x: torch.Tensor, repeat: int | None) -> torch.Tensor:
+    return x if repeat is None else x.unsqueeze(0).expand(repeat, *x.shape)
+
+
+def multistep(x_seq: torch.Tensor, spec: NeuronSpec, k=None, backend: str = "auto",
+              repeat: int | None = None) -> torch.Tensor:
     """Spikes [T, ...] of the neuron `spec` driven by x_seq [T, ...], starting from rest.
 
     k: the decay 1/tau of LIF (a float) or PLIF (a 0-d tensor from sigmoid(w), whose gradient flows back); None for IF.
+    repeat=T: x_seq is one input [...] presented at each of T steps (same spikes as x_seq expanded over T).
     """
-    impl = select_impl(x_seq, spec, backend)
+    impl = select_impl(_repeated(x_seq, repeat), spec, backend)
     if isinstance(k, torch.Tensor):
-        return FusedMultiStep.apply(x_seq, k, None, spec, impl)
-    return FusedMultiStep.apply(x_seq, None, None if k is None else float(k), spec, impl)
+        return FusedMultiStep.apply(x_seq, k, None, spec, impl, repeat)
+    return FusedMultiStep.apply(x_seq, None, None if k is None else float(k), spec, impl, repeat)
 
 
 def available() -> dict[str, bool]:

@@ -272,10 +272,17 @@ def _bptt_atan(ht, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _bptt_atan_step(h, go, gv, kind, hard, detach, th, reset, k, one_minus_k, a, ha, one, zero, dt):
-    """(dL/dX ready to store, dL/dV[t-1]) of one element and step, ATan's surrogate."""
+def _bptt_atan_raw(h, go, gv, kind, hard, detach, th, reset, k, one_minus_k, a, ha, one, zero):
+    """(dL/dX in the compute dtype, dL/dV[t-1]) of one element and step, ATan's surrogate."""
     gx, gvp, gh = _bptt_element(h, _atan_surrogate(h, th, a, ha, one), go, gv, kind, hard, detach, th, reset, k,
                                 one_minus_k, one, zero)
+    return gx, gvp
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _bptt_atan_step(h, go, gv, kind, hard, detach, th, reset, k, one_minus_k, a, ha, one, zero, dt):
+    """(dL/dX ready to store, dL/dV[t-1]) of one element and step, ATan's surrogate."""
+    gx, gvp = _bptt_atan_raw(h, go, gv, kind, hard, detach, th, reset, k, one_minus_k, a, ha, one, zero)
     return _st(gx, dt), gvp
 
 
@@ -296,10 +303,12 @@ def _bptt_atan4(h3, g3, gx3, h2, g2, gx2, h1, g1, gx1, h0, g0, gx0, gv, kind, ha
 
 
 @_step
-def _recompute_bptt_atan4(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, kind, hard, detach, th, reset, reset_r,
-                          th_r, rest, k, a, ha, v0, one, zero):
+def _recompute_bptt_atan4(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, sum_time, kind, hard, detach, th,
+                          reset, reset_r, th_r, rest, k, a, ha, v0, one, zero):
     """A whole T = 4 backward in one pass: H[0..3] recomputed from X into registers, then the four BPTT steps. No H
-    scratch at all (at T = 4 the block's T x B scratch was the largest stream left, spilling this CPU's 1 MiB L2)."""
+    scratch at all (at T = 4 the block's T x B scratch was the largest stream left, spilling this CPU's 1 MiB L2).
+    sum_time: the input was one tensor repeated over T (the stem), so its gradient is the sum over the four steps,
+    written once to gx0 (gx1..gx3 unused): no [T, ...] gradient, and no separate sum over it."""
     omk = one - k
     dt = gx0.dtype
     for j in range(x0.shape[0]):
@@ -307,11 +316,17 @@ def _recompute_bptt_atan4(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, ki
         h1, vv = _keep(vv, _ld(x1[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
         h2, vv = _keep(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
         h3 = _charge(vv, _ld(x3[j]), kind, rest, k, dt)
-        gx3[j], g = _bptt_atan_step(h3, _ld(g3[j]), zero, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
-        gx2[j], g = _bptt_atan_step(h2, _ld(g2[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
-        gx1[j], g = _bptt_atan_step(h1, _ld(g1[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
-        gx0[j], g = _bptt_atan_step(h0, _ld(g0[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero, dt)
-
+        d3, g = _bptt_atan_raw(h3, _ld(g3[j]), zero, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+        d2, g = _bptt_atan_raw(h2, _ld(g2[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+        d1, g = _bptt_atan_raw(h1, _ld(g1[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+        d0, g = _bptt_atan_raw(h0, _ld(g0[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+        if sum_time:
+            gx0[j] = _st(((d0 + d1) + d2) + d3, dt)
+        else:
+            gx0[j] = _st(d0, dt)
+            gx1[j] = _st(d1, dt)
+            gx2[j] = _st(d2, dt)
+            gx3[j] = _st(d3, dt)
 
 @_step
 def _bptt_table(ht, st, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, one, zero):
@@ -358,7 +373,8 @@ def forward(x, x_rs, out, T, M, B, c, kind, hard):
 
 
 @_kernel
-def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, learn_k, partial):
+def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, learn_k, partial, sum_time):
+    """dL/dX into gx ([T, M] rows; with sum_time, one row: the sum over T, only at T = 4 without sigmoid or learn_k)."""
     th, reset, rest, k, a, ha = c[C_TH], c[C_RESET], c[C_REST], c[C_K], c[C_A], c[C_HA]
     one, zero = c[C_ONE], c[C_ZERO]
     reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
@@ -367,12 +383,14 @@ def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, lear
         lo = b * B
         n = min(B, M - lo)
         if T == 4 and not (sigmoid or learn_k):                # H in registers, no scratch
+            gx_rs = 0 if sum_time else M
             _recompute_bptt_atan4(x[lo: lo + n], x[x_rs + lo: x_rs + lo + n], x[2 * x_rs + lo: 2 * x_rs + lo + n],
                                   x[3 * x_rs + lo: 3 * x_rs + lo + n], g[lo: lo + n], g[g_rs + lo: g_rs + lo + n],
                                   g[2 * g_rs + lo: 2 * g_rs + lo + n], g[3 * g_rs + lo: 3 * g_rs + lo + n],
-                                  gx[lo: lo + n], gx[M + lo: M + lo + n], gx[2 * M + lo: 2 * M + lo + n],
-                                  gx[3 * M + lo: 3 * M + lo + n], kind, hard, detach, th, reset, reset_r, th_r, rest,
-                                  k, a, ha, v0, one, zero)
+                                  gx[lo: lo + n], gx[gx_rs + lo: gx_rs + lo + n],
+                                  gx[2 * gx_rs + lo: 2 * gx_rs + lo + n], gx[3 * gx_rs + lo: 3 * gx_rs + lo + n],
+                                  sum_time, kind, hard, detach, th, reset, reset_r, th_r, rest, k, a, ha, v0, one,
+                                  zero)
             continue
         hb = np.empty((T, n), dtype=c.dtype)                   # H[t]
         sb = np.empty((T, n) if sigmoid else (T, 0), dtype=c.dtype)   # Sigmoid's surrogate gradient at H[t]

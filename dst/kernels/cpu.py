@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dst.kernels import numba_threads
-from dst.kernels.layout import rows_layout
+from dst.kernels.layout import Rows, rows_layout
 from dst.kernels.spec import IF, LIF, NeuronSpec
 from dst.surrogate import SURROGATE_GRADS, heaviside
 
@@ -211,6 +211,12 @@ def _kernel(name: str):
     return kernels.serial(name) if numba_threads.serial_only() else getattr(kernels, name)
 
 
+def _one_step_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(an empty [1, ...] tensor shaped like x[:1], in x's memory order; its [1, M] row)."""
+    layout = rows_layout(x)
+    return Rows(layout.perm, 1, layout.M).empty(x[:1])
+
+
 class NumbaImpl:
     name = "numba"
 
@@ -229,13 +235,28 @@ class NumbaImpl:
         n = numba_threads.threads(x.numel())
         with numba_threads.Threads(n):
             _kernel("forward")(xf, xrs, _flat_out(out_rows), layout.T, layout.M, _forward_block(layout.M, n),
-                                     _constants(spec, k, x.dtype), spec.kind, spec.hard)
+                               _constants(spec, k, x.dtype), spec.kind, spec.hard)
         return out
 
     @staticmethod
     def backward(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k):
+        return NumbaImpl._backward(x, g, spec, k, sum_time=False)
+
+    @staticmethod
+    def backward_summed(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k):
+        """backward for an input repeated over T (x[t] the same tensor): (dL/dX summed over T, shaped x[0], dL/dk).
+        The kernel sums in registers where it can (T = 4, ATan, no dL/dk), else the [T, ...] gradient is summed."""
+        if x.shape[0] == 4 and spec.surrogate_id == 0 and not spec.learn_k:
+            gx, gk = NumbaImpl._backward(x, g, spec, k, sum_time=True)
+            return gx[0], gk
+        gx, gk = NumbaImpl._backward(x, g, spec, k, sum_time=False)
+        summed = _one_step_like(x)[0][0]
+        return torch.sum(gx, dim=0, out=summed), gk
+
+    @staticmethod
+    def _backward(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k, sum_time: bool):
         layout = rows_layout(x)
-        gx, gx_rows = layout.empty(x)
+        gx, gx_rows = _one_step_like(x) if sum_time else layout.empty(x)
         n = numba_threads.threads(x.numel())
         B = _backward_block(layout.T, layout.M, n)
         nblk = (layout.M + B - 1) // B
@@ -245,8 +266,8 @@ class NumbaImpl:
             gf, grs = _flat(layout.rows_of(g.detach().to(x.dtype)))
             with numba_threads.Threads(n):
                 _kernel("backward")(xf, xrs, gf, grs, _flat_out(gx_rows), layout.T, layout.M, B,
-                                          _constants(spec, k, x.dtype), spec.kind, spec.hard, spec.detach_reset,
-                                          spec.surrogate_id == 1, spec.learn_k, partial)
+                                    _constants(spec, k, x.dtype), spec.kind, spec.hard, spec.detach_reset,
+                                    spec.surrogate_id == 1, spec.learn_k, partial, sum_time)
         gk = torch.tensor(partial.sum(), dtype=torch.float64) if spec.learn_k else None
         return gx, gk
 

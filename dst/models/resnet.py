@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from dst.connect import get_connect
-from dst.layers import MultiStep, conv_bn, repeat_time
+from dst.layers import MultiStep, conv_bn
 from dst.models.base import DualStreamNet, neuron_factory
 from dst.models.registry import register_model
 
@@ -151,9 +151,8 @@ class SpikingResNet(DualStreamNet):
             raise ValueError(f"{type(self).__name__} expects images [N, 3, H, W], got shape {tuple(x.shape)}")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # The stem sees the same analog image at every step: run conv+BN once, then repeat over T.
-        x_seq = repeat_time(self.stem_bn(self.stem_conv(x)), self.T)
-        o = self.maxpool(self.stem_neuron(x_seq))
+        # The stem sees the same analog image at every step: conv+BN run once, the neuron repeats it over T.
+        o = self.maxpool(self.stem_neuron(self.stem_bn(self.stem_conv(x)), repeat=self.T))
         a = o if with_aap else None
         for blk in self.blocks:
             o, a = blk(o, a)
