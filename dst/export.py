@@ -15,6 +15,7 @@ import warnings
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import dst
 from dst.models import create_model
@@ -87,7 +88,14 @@ def fold_conv_bn(conv: nn.modules.conv._ConvNd, bn: nn.modules.batchnorm._BatchN
         shift = shift + bn.bias.detach().double()
     if conv.bias is not None:
         shift = shift + conv.bias.detach().double() * scale
-    fused = copy.deepcopy(conv)
+    if parametrize.is_parametrized(conv, "weight"):
+        # a stored channels-last weight (dst/models/channels_last.py): the folded conv is a plain Conv2d. (Removing
+        # the parametrization from a deep copy would remove it from `conv` too: the copies share their class.)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                          padding=conv.padding, dilation=conv.dilation, groups=conv.groups, bias=True,
+                          padding_mode=conv.padding_mode, device=conv.weight.device, dtype=dtype).train(conv.training)
+    else:
+        fused = copy.deepcopy(conv)
     fused.weight = nn.Parameter((conv.weight.detach().double()
                                  * scale.reshape(-1, *([1] * (conv.weight.dim() - 1)))).to(dtype))
     fused.bias = nn.Parameter(shift.to(dtype))

@@ -21,6 +21,7 @@ from typing import Any, Iterator
 
 import torch
 
+from dst.models.channels_last import standard_state_dict
 from pipeline.errors import UsageError
 
 TAG_RE = re.compile(r"^epoch(\d{4,})$")
@@ -175,6 +176,8 @@ def load_for_export(path: str | Path) -> ExportSource:
                 state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt_dir), tag=tag)
         except Exception as err:
             raise UsageError(f"{tag_dir}: cannot consolidate ZeRO checkpoint ({describe_load_error(err)})") from None
+        # it names tensors by parameter: channels-last conv weights come back in their stored [O, kh, kw, I] form
+        state_dict = standard_state_dict(state_dict)
     else:
         state_dict = states["module"]
     state_dict = {k.removeprefix("module."): (v.float() if v.is_floating_point() else v)

@@ -11,6 +11,7 @@ from torch import nn
 from dst.layers import MultiStep, conv_bn, mean_pool_time, repeat_time
 from dst.loss import DSTLoss
 from dst.models import STREAMS, DualStreamNet, StreamLogits, create_model, is_model, list_models, register_model
+from dst.models.channels_last import weight_parameter
 from dst.monitor import FiringRateMonitor
 from dst.neuron import MultiStepIF, MultiStepNeuron, MultiStepPLIF
 
@@ -129,7 +130,7 @@ def test_every_model_forward_backward(name):
         assert p.grad is not None, f"{pname} got no gradient"
         assert torch.isfinite(p.grad).all(), pname
     first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
-    assert first_conv.weight.grad.abs().sum() > 0  # the surrogate gradient reaches the encoding layer
+    assert weight_parameter(first_conv).grad.abs().sum() > 0  # the surrogate gradient reaches the encoding layer
     assert model.fc.bias.grad.abs().sum() > 0
 
 

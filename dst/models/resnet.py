@@ -12,6 +12,7 @@ from torch import nn
 from dst.connect import get_connect
 from dst.layers import MultiStep, conv_bn
 from dst.models.base import DualStreamNet, neuron_factory
+from dst.models.channels_last import store_conv_weights_channels_last
 from dst.models.registry import register_model
 
 
@@ -129,6 +130,8 @@ class SpikingResNet(DualStreamNet):
         self.blocks = nn.ModuleList(blocks)
         self.fc = nn.Linear(512 * expansion, num_classes)
         self._init_weights(zero_init_residual)
+        if self.channels_last:
+            store_conv_weights_channels_last(self)
 
     def _init_weights(self, zero_init_residual: bool) -> None:
         for m in self.modules():
