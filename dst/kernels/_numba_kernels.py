@@ -302,31 +302,52 @@ def _bptt_atan4(h3, g3, gx3, h2, g2, gx2, h1, g1, gx1, h0, g0, gx0, gv, kind, ha
                                         zero, dt)
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _recompute_bptt_atan4_element(x0, x1, x2, x3, g0, g1, g2, g3, kind, hard, detach, th, reset, reset_r, th_r, rest,
+                                  k, omk, a, ha, v0, one, zero, dt):
+    """dL/dX[0..3] (compute dtype) of one element at T = 4: H[0..3] recomputed from X in registers, then the four
+    BPTT steps, ATan's surrogate."""
+    h0, vv = _keep(v0, x0, kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+    h1, vv = _keep(vv, x1, kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+    h2, vv = _keep(vv, x2, kind, hard, th, reset_r, th_r, rest, k, zero, dt)
+    h3 = _charge(vv, x3, kind, rest, k, dt)
+    d3, g = _bptt_atan_raw(h3, g3, zero, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+    d2, g = _bptt_atan_raw(h2, g2, g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+    d1, g = _bptt_atan_raw(h1, g1, g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+    d0, g = _bptt_atan_raw(h0, g0, g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
+    return d0, d1, d2, d3
+
+
 @_step
-def _recompute_bptt_atan4(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, sum_time, kind, hard, detach, th,
-                          reset, reset_r, th_r, rest, k, a, ha, v0, one, zero):
-    """A whole T = 4 backward in one pass: H[0..3] recomputed from X into registers, then the four BPTT steps. No H
-    scratch at all (at T = 4 the block's T x B scratch was the largest stream left, spilling this CPU's 1 MiB L2).
-    sum_time: the input was one tensor repeated over T (the stem), so its gradient is the sum over the four steps,
-    written once to gx0 (gx1..gx3 unused): no [T, ...] gradient, and no separate sum over it."""
+def _recompute_bptt_atan4(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, kind, hard, detach, th, reset, reset_r,
+                          th_r, rest, k, a, ha, v0, one, zero):
+    """A whole T = 4 backward in one pass, no H scratch at all (at T = 4 the block's T x B scratch was the largest
+    stream left, spilling this CPU's 1 MiB L2)."""
     omk = one - k
     dt = gx0.dtype
     for j in range(x0.shape[0]):
-        h0, vv = _keep(v0, _ld(x0[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
-        h1, vv = _keep(vv, _ld(x1[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
-        h2, vv = _keep(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, zero, dt)
-        h3 = _charge(vv, _ld(x3[j]), kind, rest, k, dt)
-        d3, g = _bptt_atan_raw(h3, _ld(g3[j]), zero, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
-        d2, g = _bptt_atan_raw(h2, _ld(g2[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
-        d1, g = _bptt_atan_raw(h1, _ld(g1[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
-        d0, g = _bptt_atan_raw(h0, _ld(g0[j]), g, kind, hard, detach, th, reset, k, omk, a, ha, one, zero)
-        if sum_time:
-            gx0[j] = _st(((d0 + d1) + d2) + d3, dt)
-        else:
-            gx0[j] = _st(d0, dt)
-            gx1[j] = _st(d1, dt)
-            gx2[j] = _st(d2, dt)
-            gx3[j] = _st(d3, dt)
+        d0, d1, d2, d3 = _recompute_bptt_atan4_element(
+            _ld(x0[j]), _ld(x1[j]), _ld(x2[j]), _ld(x3[j]), _ld(g0[j]), _ld(g1[j]), _ld(g2[j]), _ld(g3[j]), kind,
+            hard, detach, th, reset, reset_r, th_r, rest, k, omk, a, ha, v0, one, zero, dt)
+        gx0[j] = _st(d0, dt)
+        gx1[j] = _st(d1, dt)
+        gx2[j] = _st(d2, dt)
+        gx3[j] = _st(d3, dt)
+
+
+@_step
+def _recompute_bptt_atan4_summed(x0, x1, x2, x3, g0, g1, g2, g3, gx, kind, hard, detach, th, reset, reset_r, th_r,
+                                 rest, k, a, ha, v0, one, zero):
+    """The same for an input repeated over T (the stem): its gradient is the sum over the four steps, stored once (no
+    [T, ...] gradient, and no separate sum over it). A loop of its own: a store branch inside one loop kept LLVM from
+    vectorising it (backward ran ~10x slower)."""
+    omk = one - k
+    dt = gx.dtype
+    for j in range(x0.shape[0]):
+        d0, d1, d2, d3 = _recompute_bptt_atan4_element(
+            _ld(x0[j]), _ld(x1[j]), _ld(x2[j]), _ld(x3[j]), _ld(g0[j]), _ld(g1[j]), _ld(g2[j]), _ld(g3[j]), kind,
+            hard, detach, th, reset, reset_r, th_r, rest, k, omk, a, ha, v0, one, zero, dt)
+        gx[j] = _st(((d0 + d1) + d2) + d3, dt)
 
 @_step
 def _bptt_table(ht, st, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, reset, k, one, zero):
@@ -383,14 +404,19 @@ def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, lear
         lo = b * B
         n = min(B, M - lo)
         if T == 4 and not (sigmoid or learn_k):                # H in registers, no scratch
-            gx_rs = 0 if sum_time else M
-            _recompute_bptt_atan4(x[lo: lo + n], x[x_rs + lo: x_rs + lo + n], x[2 * x_rs + lo: 2 * x_rs + lo + n],
-                                  x[3 * x_rs + lo: 3 * x_rs + lo + n], g[lo: lo + n], g[g_rs + lo: g_rs + lo + n],
-                                  g[2 * g_rs + lo: 2 * g_rs + lo + n], g[3 * g_rs + lo: 3 * g_rs + lo + n],
-                                  gx[lo: lo + n], gx[gx_rs + lo: gx_rs + lo + n],
-                                  gx[2 * gx_rs + lo: 2 * gx_rs + lo + n], gx[3 * gx_rs + lo: 3 * gx_rs + lo + n],
-                                  sum_time, kind, hard, detach, th, reset, reset_r, th_r, rest, k, a, ha, v0, one,
-                                  zero)
+            xs = (x[lo: lo + n], x[x_rs + lo: x_rs + lo + n], x[2 * x_rs + lo: 2 * x_rs + lo + n],
+                  x[3 * x_rs + lo: 3 * x_rs + lo + n])
+            gs = (g[lo: lo + n], g[g_rs + lo: g_rs + lo + n], g[2 * g_rs + lo: 2 * g_rs + lo + n],
+                  g[3 * g_rs + lo: 3 * g_rs + lo + n])
+            if sum_time:
+                _recompute_bptt_atan4_summed(xs[0], xs[1], xs[2], xs[3], gs[0], gs[1], gs[2], gs[3], gx[lo: lo + n],
+                                             kind, hard, detach, th, reset, reset_r, th_r, rest, k, a, ha, v0, one,
+                                             zero)
+            else:
+                _recompute_bptt_atan4(xs[0], xs[1], xs[2], xs[3], gs[0], gs[1], gs[2], gs[3], gx[lo: lo + n],
+                                      gx[M + lo: M + lo + n], gx[2 * M + lo: 2 * M + lo + n],
+                                      gx[3 * M + lo: 3 * M + lo + n], kind, hard, detach, th, reset, reset_r, th_r,
+                                      rest, k, a, ha, v0, one, zero)
             continue
         hb = np.empty((T, n), dtype=c.dtype)                   # H[t]
         sb = np.empty((T, n) if sigmoid else (T, 0), dtype=c.dtype)   # Sigmoid's surrogate gradient at H[t]
