@@ -446,6 +446,40 @@ def test_huge_page_advice_is_harmless():
     assert advise_huge_pages(small) is small
 
 
+VECTORISED_CHECK = """
+import re, sys, torch
+from dst.kernels import _numba_kernels as k, cpu
+from dst.kernels.spec import neuron_spec
+from dst.neuron import MultiStepIF, MultiStepLIF
+for neuron in (MultiStepIF(), MultiStepLIF()):
+    spec, kk = neuron_spec(neuron), (0.5 if isinstance(neuron, MultiStepLIF) else None)
+    for T in (4, 16):  # T = 4 has passes of its own; other T go four steps at a time through an H scratch
+        x = torch.randn(T, 100000)
+        cpu.NumbaImpl.forward(x, spec, kk)
+        cpu.NumbaImpl.backward(x, torch.randn_like(x), spec, kk)
+        cpu.NumbaImpl.backward_summed(x[:1].expand(T, -1), torch.randn_like(x), spec, kk)
+scalar = []
+for name in ("_charge_fire4_from_rest", "_recompute_bptt_atan4", "_recompute_bptt_atan4_summed", "_charge_fire4",
+             "_charge_keep4", "_bptt_atan4"):
+    irs = getattr(k, name).inspect_llvm()
+    assert irs, name
+    scalar += [name for ir in irs.values() if not re.search(r"<(4|8|16) x float>", ir)]
+print("scalar:", scalar)
+sys.exit(1 if scalar else 0)
+"""
+
+
+@needs_numba
+def test_step_loops_vectorise(tmp_path):
+    """LLVM vectorises the kernels' per-step loops (float32). Written differently they run scalar and 4-10x slower:
+    a store branch inside the T = 4 backward loop once did that, unnoticed by every equality test. Compiled afresh
+    (an empty NUMBA_CACHE_DIR) in a subprocess: kernels loaded from the cache carry no IR to inspect."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-c", VECTORISED_CHECK], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Triton, interpreted on CPU (a GPU runs the same checks natively: pytest -m gpu tests/test_kernels_triton.py)
 # ----------------------------------------------------------------------------------------------------------------------
