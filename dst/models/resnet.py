@@ -84,8 +84,9 @@ class SpikingResNet(DualStreamNet):
     channels_last (default): the image is put in channels-last memory order on entry, so every conv, BN and neuron
     downstream runs channels-last (conv outputs follow their input's order, the neurons keep it), and the kxk conv
     weights are stored channels-last as well (dst/models/channels_last.py: no weight reorder on every call). Measured in
-    benchmarks/train_step.py (fsnn_resnet18, T=4): a training step ran 1.29x faster than NCHW on an H200 (batch 64,
-    224 px) and 1.03x on a 2-core CPU (batch 8, 128 px). Results equal NCHW's up to float rounding."""
+    benchmarks/train_step.py (fsnn_resnet18, T=4): a training step ran 1.09x faster than NCHW on a 2-core CPU (batch 8,
+    128 px; 580 vs 630 ms, with the stored weights), and 1.29x on an H200 (batch 64, 224 px; measured before the
+    weights were stored channels-last). Results equal NCHW's up to float rounding."""
 
     def __init__(self, block: str, layers: list[int], *, num_classes: int = 1000, T: int = 4, connect: str = "IAND",
                  aap: bool = True, neuron: str = "if", neuron_kwargs: dict | None = None,
