@@ -249,10 +249,6 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
     torch.manual_seed(cfg.trainer.seed)
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else \
         torch.device("cpu")
-    if device.type == "cpu":
-        # before FFCV's loaders start numba's pool: the layer is chosen once per process (dst/kernels/numba_threads.py)
-        from dst.kernels import numba_threads
-        numba_threads.prefer_omp_layer()
     loaders = build_loaders(cfg.data, rank=rank, world_size=world_size, seed=cfg.trainer.seed, device=str(device))
     model = build_model(cfg, loaders.num_classes)
     optimizer = build_optimizer(cfg, model)

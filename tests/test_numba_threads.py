@@ -1,4 +1,4 @@
-"""Numba's thread pool for the CPU kernels (dst/kernels/numba_threads.py): the layer they ask for, a user's choice
+"""Numba's thread pool for the CPU kernels (dst/kernels/numba_threads.py): numba's default layer and a user's choice
 kept, and a forked child of a GNU-OpenMP parent running the serial builds instead of aborting.
 
 Each case runs in a fresh interpreter: numba picks its threading layer once per process.
@@ -48,21 +48,21 @@ def layer_available(name: str) -> bool:
     return run_python(f"from numba.np.ufunc import {module}").returncode == 0
 
 
-def test_kernels_ask_for_the_omp_layer():
-    if not layer_available("omp"):
-        pytest.skip("numba has no OpenMP layer here")
+def test_the_kernels_keep_numbas_default_layer():
+    if not layer_available("tbb"):
+        pytest.skip("numba has no TBB layer here")
     r = run_python(RUN_NEURON + "spikes_and_grad()\nimport numba\nprint(numba.threading_layer())")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["omp"]
+    assert r.stdout.split() == ["tbb"]
 
 
 def test_a_layer_the_user_chose_is_kept():
-    if not layer_available("tbb"):
-        pytest.skip("numba has no TBB layer here")
+    if not layer_available("omp"):
+        pytest.skip("numba has no OpenMP layer here")
     r = run_python(RUN_NEURON + "spikes_and_grad()\nimport numba\nprint(numba.threading_layer())",
-                   NUMBA_THREADING_LAYER="tbb")
+                   NUMBA_THREADING_LAYER="omp")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["tbb"]
+    assert r.stdout.split() == ["omp"]
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
@@ -73,7 +73,7 @@ def test_forked_child_of_a_gnu_omp_parent_runs_the_kernels():
     code = RUN_NEURON + """
 import os
 from dst.kernels import numba_threads
-y, gx = spikes_and_grad()                      # the parent starts numba's pool on the omp layer
+y, gx = spikes_and_grad()                      # the parent starts numba's pool on the omp layer (the user's choice)
 assert not numba_threads.serial_only()
 pid = os.fork()
 if pid == 0:
@@ -88,6 +88,6 @@ if pid == 0:
 _, status = os.waitpid(pid, 0)
 print(os.waitstatus_to_exitcode(status))
 """
-    r = run_python(code)
+    r = run_python(code, NUMBA_THREADING_LAYER="omp")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["0"], r.stdout + r.stderr

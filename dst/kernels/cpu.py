@@ -141,7 +141,6 @@ def _numba_kernels():
         else:
             try:
                 from dst.kernels import _numba_kernels as kernels
-                numba_threads.prefer_omp_layer()
                 _NUMBA = kernels
             except ImportError:
                 _NUMBA = False

@@ -1,17 +1,14 @@
-"""Numba's thread pool as the CPU kernels use it: which threading layer, how many threads a call gets, and what a
-forked child does.
+"""Numba's thread pool as the CPU kernels use it: how many threads a call gets, and what a forked child does.
 
-Layer. PyTorch runs its CPU ops on its own OpenMP pool, and numba's parallel kernels run on a pool of numba's. Numba's
-default layer, TBB, keeps its workers spinning after each kernel, so the conv that follows a neuron shares the cores
-with them. Numba's 'omp' layer does not cost that. Measured on a 2-core CPU, fsnn_resnet18 training step (T=4,
-batch 8, 128 px), 3 runs each, interleaved: 650-710 ms with TBB, 602-622 ms with 'omp'. SpikingJelly's step, run in
-the same processes, also went from 814-868 to 782-797 ms, as TBB's workers had been slowing it too. So, unless the
-user chose a layer (NUMBA_THREADING_LAYER, or numba.config.THREADING_LAYER set before the first parallel kernel), the
-kernels ask for 'omp' where numba has it.
+Layer. The kernels keep numba's default threading layer (TBB here); NUMBA_THREADING_LAYER chooses another. 'omp' was
+tried as the default and dropped. It made one process's training step faster on 2 cores (fsnn_resnet18, T=4, batch 8,
+128 px: 602-622 ms against 650-710 ms with TBB, 3 interleaved runs each, before the T = 4 backward fix). But it made
+the demo's 2-rank DVS training (7B-Net, PLIF, T=8, one thread per rank) slower: 25-37 samples/s against 53-60 with
+TBB. One of those omp runs also hung in a forked DataLoader worker.
 
-Fork. GNU OpenMP is not fork-safe: numba aborts a forked child that launches a parallel kernel after its parent did
-("fork() called from a process already using GNU OpenMP"). A child forked after the kernels ran on that layer runs
-their serial builds instead (see `serial_only`).
+Fork. GNU OpenMP is not fork-safe. Numba aborts a forked child that launches a parallel kernel after its parent did
+("fork() called from a process already using GNU OpenMP"). So, where the user chose 'omp' on GNU OpenMP, a child
+forked after the kernels ran uses their serial builds instead (see `serial_only`).
 """
 from __future__ import annotations
 
@@ -24,19 +21,6 @@ import torch
 PARALLEL_MIN_ELEMENTS = 1 << 16
 
 _forked_from_gnu_omp = False
-
-
-def prefer_omp_layer() -> None:
-    """Select numba's 'omp' threading layer unless the user chose one or numba's pool is already running."""
-    import numba
-    from numba.np.ufunc import parallel
-    if parallel._is_initialized or str(numba.config.THREADING_LAYER).lower() != "default":
-        return
-    try:
-        from numba.np.ufunc import omppool  # noqa: F401 - only to know that the layer can load
-    except ImportError:
-        return
-    numba.config.THREADING_LAYER = "omp"
 
 
 def _gnu_omp_in_use() -> bool:
