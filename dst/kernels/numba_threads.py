@@ -13,6 +13,7 @@ forked after the kernels ran uses their serial builds instead (see `serial_only`
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -24,8 +25,8 @@ _forked_from_gnu_omp = False
 
 
 def _gnu_omp_in_use() -> bool:
-    from numba.np.ufunc import parallel
-    if not parallel._is_initialized or parallel._threading_layer != "omp":
+    parallel = sys.modules.get("numba.np.ufunc.parallel")   # not imported: numba's pool never ran here
+    if parallel is None or not parallel._is_initialized or parallel._threading_layer != "omp":
         return False
     from numba.np.ufunc import omppool
     return omppool.openmp_vendor == "GNU"
