@@ -177,6 +177,7 @@ def _charge_fire4_from_rest(x0, x1, x2, x3, o0, o1, o2, o3, kind, hard, th, rese
         o2[j], vv = _fire(vv, _ld(x2[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
         o3[j], vv = _fire(vv, _ld(x3[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
 
+
 @_step
 def _charge_keep(v, xt, ht, kind, hard, th, reset_r, th_r, rest, k, zero):
     """The same step, keeping H (backward's recompute)."""
