@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from dst import kernels
+from dst.layers import repeat_time
 from dst.surrogate import Surrogate, create_surrogate
 
 
@@ -59,7 +60,7 @@ class MultiStepNeuron(nn.Module):
         if repeat is not None:
             if repeat < 1:
                 raise ValueError(f"repeat must be >= 1, got {repeat}")
-            x_full = x_seq.unsqueeze(0).expand(repeat, *x_seq.shape)
+            x_full = repeat_time(x_seq, repeat)
         else:
             x_full = x_seq
         if x_full.dim() < 2:

@@ -18,6 +18,7 @@ import torch
 from dst.kernels.cpu import EagerImpl, NumbaImpl, numba_available
 from dst.kernels.spec import NeuronSpec, neuron_spec
 from dst.kernels.triton_impl import TritonImpl, triton_available
+from dst.layers import repeat_time
 
 IMPLS = {"triton": TritonImpl, "numba": NumbaImpl, "eager": EagerImpl}
 BACKENDS = ("auto", "torch", *IMPLS)
@@ -74,7 +75,7 @@ class FusedMultiStep(torch.autograd.Function):
 
 
 def _repeated(x: torch.Tensor, repeat: int | None) -> torch.Tensor:
-    return x if repeat is None else x.unsqueeze(0).expand(repeat, *x.shape)
+    return x if repeat is None else repeat_time(x, repeat)
 
 
 def multistep(x_seq: torch.Tensor, spec: NeuronSpec, k=None, backend: str = "auto",
