@@ -3,7 +3,9 @@
 # when pyproject.toml or constraints.txt changed since the last install.
 #   - Debian packages: FFCV compiles against libturbojpeg and OpenCV; the SLURM tests need slurm-wlm + munge; the
 #     MLflow UI test needs chromium. Installed when running as root and missing; otherwise the apt command is printed.
-#   - Python: pip install -c constraints.txt -e '.[test]' (torch pinned to the CPU build 2.13.0).
+#   - Python: pip install -c constraints.txt -e '.[test,triton]' (torch pinned to the CPU build 2.13.0). Triton is
+#     there so that the GPU kernels are tested on CPU too, through its interpreter (tests/test_kernels_triton.py);
+#     nothing imports it on CPU otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -32,5 +34,5 @@ fi
 "$VENV/bin/python" -m pip install -q --upgrade pip setuptools wheel
 # numpy first: FFCV's sdist build imports it.
 "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0" numpy
-"$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test]'
+"$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test,triton]'
 echo "bootstrap: $VENV ready"

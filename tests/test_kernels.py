@@ -20,46 +20,12 @@ from dst.kernels import cpu as kcpu
 from dst.kernels import numba_threads
 from dst.kernels.layout import rows_layout
 from dst.kernels.spec import IF, LIF, LIF_NO_DECAY_INPUT, neuron_spec
+from neuron_cases import NEURONS, TOL, make_input, make_neuron, spikes_and_grads
 
 REPO = Path(__file__).resolve().parents[1]
 
 CPU_IMPLS = ["eager"] + (["numba"] if kernels.available()["numba"] else [])
 needs_numba = pytest.mark.skipif(not kernels.available()["numba"], reason="numba is not installed")
-
-# (neuron class, constructor kwargs): every charge equation the kernels know
-NEURONS = {
-    "if": (dn.MultiStepIF, {}),
-    "lif": (dn.MultiStepLIF, {}),
-    "lif-nodecay": (dn.MultiStepLIF, {"decay_input": False}),
-    "plif": (dn.MultiStepPLIF, {}),
-    "plif-nodecay": (dn.MultiStepPLIF, {"decay_input": False}),
-}
-# bf16: the reference rounds every backward operation to bf16, the numba kernel computes backward in float32
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12),
-       torch.bfloat16: dict(rtol=5e-2, atol=5e-2)}
-
-
-def make_neuron(name, backend, **kw):
-    cls, base = NEURONS[name]
-    n = cls(backend=backend, **{**base, **kw})
-    if isinstance(n, dn.MultiStepPLIF):  # a trained-looking w, so that k = sigmoid(w) is not exactly 0.5
-        with torch.no_grad():
-            n.w.fill_(-0.3)
-    return n
-
-
-def make_input(shape, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    # mean 0.6, std 0.8: neurons fire often but not always, and V goes negative sometimes (exercises the leak term)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.8 + 0.6).to(dtype)
-
-
-def spikes_and_grads(neuron, x, upstream):
-    x = x.detach().clone().requires_grad_(True)
-    params = [x, *neuron.parameters()]
-    y = neuron(x)
-    grads = torch.autograd.grad((y * upstream).sum(), params)
-    return y.detach(), grads
 
 
 def compare(name, backend, x, dtype=None, **kw):

@@ -17,6 +17,8 @@ from dst import kernels  # noqa: E402
 from dst import neuron as dn  # noqa: E402
 from dst.kernels.spec import neuron_spec  # noqa: E402
 from dst.kernels.triton_impl import interpreting  # noqa: E402
+import neuron_cases as cases  # noqa: E402
+from neuron_cases import NEURONS, TOL, spikes_and_grads  # noqa: E402
 
 DEVICE = os.environ.get("DST_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
 if DEVICE == "cpu" and not interpreting():
@@ -28,38 +30,16 @@ pytestmark = [
 
 INTERPRETER_BF16_ROUNDING = DEVICE == "cpu"
 
-NEURONS = {
-    "if": (dn.MultiStepIF, {}),
-    "lif": (dn.MultiStepLIF, {}),
-    "lif-nodecay": (dn.MultiStepLIF, {"decay_input": False}),
-    "plif": (dn.MultiStepPLIF, {}),
-    "plif-nodecay": (dn.MultiStepPLIF, {"decay_input": False}),
-}
-TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12),
-       torch.bfloat16: dict(rtol=5e-2, atol=5e-2), torch.float16: dict(rtol=1e-2, atol=1e-2)}
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 DTYPE_IDS = ["f32", "f64", "bf16", "f16"]
 
 
 def make_neuron(name, backend, **kw):
-    cls, base = NEURONS[name]
-    n = cls(backend=backend, **{**base, **kw})
-    if isinstance(n, dn.MultiStepPLIF):
-        with torch.no_grad():
-            n.w.fill_(-0.3)
-    return n.to(DEVICE)
+    return cases.make_neuron(name, backend, **kw).to(DEVICE)
 
 
 def make_input(shape, dtype, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * 0.8 + 0.6).to(dtype).to(DEVICE)
-
-
-def spikes_and_grads(neuron, x, upstream):
-    x = x.detach().clone().requires_grad_(True)
-    y = neuron(x)
-    grads = torch.autograd.grad((y * upstream).sum(), [x, *neuron.parameters()])
-    return y.detach(), grads
+    return cases.make_input(shape, dtype, seed).to(DEVICE)
 
 
 def compare(name, x, **kw):
@@ -122,6 +102,29 @@ def test_layouts_and_several_programs(name):
     img = make_input((N, C, H, W), torch.float32, seed=7)
     compare(name, img.unsqueeze(0).expand(T, *img.shape))
     compare(name, make_input((N, T, C * H), torch.float32, seed=8).transpose(0, 1))
+
+
+@pytest.mark.parametrize("name", ["if", "lif", "plif"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_repeated_input(name, dtype):
+    """neuron(x, repeat=T), the stem's one input at every step: same spikes as the reference on x expanded over T,
+    dL/dx (summed over T) and dL/dw within tolerance, NCHW and channels-last."""
+    T = 4
+    neuron = make_neuron(name, "triton", detach_reset=False).to(dtype)
+    for x in (make_input((2, 5, 4, 6), dtype, seed=11),
+              make_input((2, 5, 4, 6), dtype, seed=12).to(memory_format=torch.channels_last)):
+        upstream = make_input((T, *x.shape), dtype, seed=13) - 0.6
+        params = [x.requires_grad_(True), *neuron.parameters()]
+        neuron.backend = "triton"
+        y = neuron(x, repeat=T)
+        grads = torch.autograd.grad((y * upstream).sum(), params)
+        neuron.backend = "torch"
+        y_ref = neuron(x.unsqueeze(0).expand(T, *x.shape))
+        grads_ref = torch.autograd.grad((y_ref * upstream).sum(), params)
+        assert y.shape == (T, *x.shape) and torch.equal(y, y_ref) and 0 < y.sum() < y.numel()
+        assert grads[0].shape == x.shape
+        for got, want in zip(grads, grads_ref):
+            torch.testing.assert_close(got, want, **TOL[dtype])
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="a size that only makes sense on a GPU")

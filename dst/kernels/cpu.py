@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dst.kernels import numba_threads
-from dst.kernels.layout import Rows, rows_layout
+from dst.kernels.layout import Rows, forward_buffers, row_stride, rows_layout
 from dst.kernels.spec import IF, LIF, NeuronSpec
 from dst.surrogate import SURROGATE_GRADS, heaviside
 
@@ -155,7 +155,7 @@ def _flat(rows: torch.Tensor) -> tuple[np.ndarray, int]:
     """A [T, M] row view (inner stride 1) as a 1-D numpy buffer over the same memory, and its row stride.
     bfloat16 (which numpy lacks) is passed as its uint16 bit patterns."""
     T, M = rows.shape
-    rs = rows.stride(0) if T > 1 else M
+    rs = row_stride(rows)
     span = (T - 1) * rs + M
     flat = torch.as_strided(rows, (span,), (1,))
     if flat.dtype == torch.bfloat16:
@@ -226,11 +226,10 @@ class NumbaImpl:
 
     @staticmethod
     def forward(x: torch.Tensor, spec: NeuronSpec, k) -> torch.Tensor:
-        layout = rows_layout(x)
-        out, out_rows = layout.empty(x)
+        layout, out, out_rows, rows = forward_buffers(x)
         if x.numel() == 0:
             return out
-        xf, xrs = _flat(layout.rows_of(x.detach()))
+        xf, xrs = _flat(rows)
         n = numba_threads.threads(x.numel())
         with numba_threads.Threads(n):
             _kernel("forward")(xf, xrs, _flat_out(out_rows), layout.T, layout.M, _forward_block(layout.M, n),

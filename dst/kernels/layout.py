@@ -40,6 +40,21 @@ class Rows:
         return buf.permute(*inverse), buf.view(self.T, self.M)
 
 
+def forward_buffers(x: torch.Tensor) -> tuple[Rows, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What a forward kernel reads and writes: (x's layout, the output shaped like x in the same memory order, the
+    output's [T, M] rows, x's [T, M] rows)."""
+    layout = rows_layout(x)
+    out, out_rows = layout.empty(x)
+    return layout, out, out_rows, layout.rows_of(x.detach())
+
+
+def row_stride(rows: torch.Tensor) -> int:
+    """The distance between the steps of [T, M] rows (from rows_of or empty) as the kernels take it: 0 for an input
+    expanded over T, M for a single step."""
+    T, M = rows.shape
+    return rows.stride(0) if T > 1 else M
+
+
 def rows_layout(x: torch.Tensor) -> Rows:
     """The memory order of one time step of x (dims sorted by stride, size-1 dims last)."""
     dims = range(1, x.dim())

@@ -1,0 +1,151 @@
+"""The Triton kernels of the fused multi-step neuron (see dst/kernels/triton_impl.py, which launches them). Imported
+lazily, on the first CUDA (or interpreted) call: importing Triton costs ~0.15 s, which no CPU-only process should pay.
+
+One program per BLOCK elements of a time step; the loop over T runs inside the program with V in registers.
+Forward reads X and writes S once. Backward recomputes H[t] for all t into the dL/dX buffer (same program, same
+elements, so the values come back from L2), then walks t = T-1..0 reading H[t] and dL/dS[t] and overwriting the buffer
+with dL/dX[t]: nothing but X is kept between forward and backward.
+
+c_ptr holds the constants [th, reset (rounded), rest, a, ha, th (rounded), V0] in the compute dtype (CDT), k_ptr the
+decay k (see triton_impl._constants and _k_tensor).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _block(M, BLOCK: tl.constexpr):
+    """This program's element offsets in a time step (int64: T * M may pass 2**31) and their in-range mask."""
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < M
+
+
+@triton.jit
+def _neuron_constants(c_ptr, k_ptr, CDT: tl.constexpr):
+    """(th, reset_r, rest, th_r, v0, k): what both passes need to recompute H."""
+    return (tl.load(c_ptr + 0), tl.load(c_ptr + 1), tl.load(c_ptr + 2), tl.load(c_ptr + 5), tl.load(c_ptr + 6),
+            tl.load(k_ptr).to(CDT))
+
+
+
+@triton.jit
+def _rnd(v, LOW: tl.constexpr, DT: tl.constexpr):
+    # Round to the tensor dtype and back: eager PyTorch's rounding after each bf16/fp16 operation.
+    if LOW:
+        v = v.to(DT).to(v.dtype)
+    return v
+
+
+@triton.jit
+def _charge(v, x, k, rest, KIND: tl.constexpr, LOW: tl.constexpr, DT: tl.constexpr):
+    if KIND == 0:    # IF: H = V + X
+        h = _rnd(v + x, LOW, DT)
+    elif KIND == 1:  # LIF: H = V + (X - (V - rest)) * k
+        h = _rnd(v + _rnd(_rnd(x - _rnd(v - rest, LOW, DT), LOW, DT) * k, LOW, DT), LOW, DT)
+    else:            # LIF without decay_input: H = V - (V - rest) * k + X
+        h = _rnd(_rnd(v - _rnd(_rnd(v - rest, LOW, DT) * k, LOW, DT), LOW, DT) + x, LOW, DT)
+    return h
+
+
+@triton.jit
+def _after_reset(h, s, th_r, reset_r, HARD: tl.constexpr, LOW: tl.constexpr, DT: tl.constexpr):
+    if HARD:  # H * (1 - S) + v_reset * S
+        v = tl.where(s, reset_r, h)
+    else:     # H - v_th * S
+        v = tl.where(s, _rnd(h - th_r, LOW, DT), h)
+    return v
+
+
+@triton.jit
+def _step(v, x_ptrs, mask, th, k, rest, th_r, reset_r, KIND: tl.constexpr, HARD: tl.constexpr, LOW: tl.constexpr,
+          DT: tl.constexpr, CDT: tl.constexpr):
+    """One step from V: (H, S, V after the reset), X[t] loaded from x_ptrs."""
+    x = tl.load(x_ptrs, mask=mask, other=0.0).to(CDT)
+    h = _charge(v, x, k, rest, KIND, LOW, DT)
+    s = h - th >= 0
+    return h, s, _after_reset(h, s, th_r, reset_r, HARD, LOW, DT)
+
+
+@triton.jit(do_not_specialize=["M", "x_rs", "T"])
+def _forward_kernel(x_ptr, out_ptr, c_ptr, k_ptr, M, x_rs, T,
+                    KIND: tl.constexpr, HARD: tl.constexpr, LOW: tl.constexpr, DT: tl.constexpr,
+                    CDT: tl.constexpr, BLOCK: tl.constexpr):
+    offs, mask = _block(M, BLOCK)
+    th, reset_r, rest, th_r, v0, k = _neuron_constants(c_ptr, k_ptr, CDT)
+    v = tl.zeros([BLOCK], CDT) + v0
+    x_ptrs = x_ptr + offs
+    o_ptrs = out_ptr + offs
+    for _t in range(T):
+        _h, s, v = _step(v, x_ptrs, mask, th, k, rest, th_r, reset_r, KIND, HARD, LOW, DT, CDT)
+        tl.store(o_ptrs, tl.where(s, 1.0, 0.0).to(out_ptr.dtype.element_ty), mask=mask)
+        x_ptrs += x_rs
+        o_ptrs += M
+
+
+@triton.jit(do_not_specialize=["M", "x_rs", "g_rs", "T"])
+def _backward_kernel(x_ptr, g_ptr, gx_ptr, c_ptr, k_ptr, partial_ptr, M, x_rs, g_rs, T,
+                     KIND: tl.constexpr, HARD: tl.constexpr, DETACH: tl.constexpr, SURROGATE: tl.constexpr,
+                     LEARN_K: tl.constexpr, LOW: tl.constexpr, DT: tl.constexpr, CDT: tl.constexpr,
+                     BLOCK: tl.constexpr):
+    offs, mask = _block(M, BLOCK)
+    th, reset_r, rest, th_r, v0, k = _neuron_constants(c_ptr, k_ptr, CDT)
+    a = tl.load(c_ptr + 3)
+    ha = tl.load(c_ptr + 4)
+    # Pass 1: recompute H[t] into the gradient buffer.
+    v = tl.zeros([BLOCK], CDT) + v0
+    x_ptrs = x_ptr + offs
+    h_ptrs = gx_ptr + offs
+    for _t in range(T):
+        h, _s, v = _step(v, x_ptrs, mask, th, k, rest, th_r, reset_r, KIND, HARD, LOW, DT, CDT)
+        tl.store(h_ptrs, h.to(gx_ptr.dtype.element_ty), mask=mask)
+        x_ptrs += x_rs
+        h_ptrs += M
+    # Pass 2: BPTT from t = T-1 down to 0; the pointers now sit one step past the end.
+    gv = tl.zeros([BLOCK], CDT)
+    acc = tl.zeros([BLOCK], CDT)
+    g_ptrs = g_ptr + offs + (T - 1).to(tl.int64) * g_rs
+    for i in range(T):
+        t = T - 1 - i
+        h_ptrs -= M
+        x_ptrs -= x_rs
+        h = tl.load(h_ptrs, mask=mask, other=0.0).to(CDT)
+        go = tl.load(g_ptrs, mask=mask, other=0.0).to(CDT)
+        u = h - th
+        s = u >= 0
+        if SURROGATE == 0:  # ATan: alpha/2 / (1 + (pi/2 alpha u)^2)
+            y = a * u
+            sg = (1.0 / (1.0 + y * y)) * ha
+        else:               # Sigmoid: alpha sig(alpha u) (1 - sig(alpha u))
+            sig = tl.sigmoid(a * u)
+            sg = ha * sig * (1.0 - sig)
+        if HARD:
+            dvdh = tl.where(s, 0.0, 1.0).to(CDT)
+            if not DETACH:
+                dvdh = dvdh + (reset_r - h) * sg
+        else:
+            dvdh = tl.zeros([BLOCK], CDT) + 1.0
+            if not DETACH:
+                dvdh = dvdh - th * sg
+        gh = go * sg + gv * dvdh
+        if LEARN_K:
+            has_prev = (offs * 0 + t) > 0   # as a tensor: t is a plain int under the interpreter
+            hp = tl.load(h_ptrs - M, mask=mask & has_prev, other=0.0).to(CDT)
+            vprev = tl.where(has_prev, _after_reset(hp, hp - th >= 0, th_r, reset_r, HARD, LOW, DT), v0)
+            if KIND == 1:
+                x = tl.load(x_ptrs, mask=mask, other=0.0).to(CDT)
+                dk = x - (vprev - rest)
+            else:
+                dk = rest - vprev
+            acc += tl.where(mask, gh * dk, 0.0)
+        if KIND == 1:
+            gxv = gh * k
+        else:
+            gxv = gh
+        if KIND == 0:
+            gv = gh
+        else:
+            gv = gh * (1.0 - k)
+        tl.store(h_ptrs, gxv.to(gx_ptr.dtype.element_ty), mask=mask)
+        g_ptrs -= g_rs
+    if LEARN_K:
+        tl.store(partial_ptr + tl.program_id(0), tl.sum(acc, axis=0))
