@@ -23,10 +23,10 @@ from neuron_cases import NEURONS, TOL, spikes_and_grads  # noqa: E402
 DEVICE = os.environ.get("DST_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
 if DEVICE == "cpu" and not interpreting():
     DEVICE = ""
-pytestmark = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not DEVICE, reason="needs a CUDA device, or TRITON_INTERPRET=1 with DST_TRITON_TEST_DEVICE=cpu"),
-]
+if not DEVICE:
+    pytest.skip("needs a CUDA device, or TRITON_INTERPRET=1 with DST_TRITON_TEST_DEVICE=cpu (tests/test_kernels.py "
+                "runs it so)", allow_module_level=True)
+pytestmark = pytest.mark.gpu
 
 INTERPRETER_BF16_ROUNDING = DEVICE == "cpu"
 

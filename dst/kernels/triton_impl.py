@@ -9,6 +9,7 @@ differ from the CPU reference at inexact thresholds; the interpreter's own bf16 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -22,7 +23,9 @@ BLOCK = int(os.environ.get("DST_TRITON_BLOCK", "1024"))
 NUM_WARPS = int(os.environ.get("DST_TRITON_WARPS", "4"))
 
 
+@functools.lru_cache(maxsize=1)
 def triton_available() -> bool:
+    """Whether Triton is installed (looked up once, without importing it)."""
     return importlib.util.find_spec("triton") is not None
 
 
