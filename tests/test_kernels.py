@@ -412,6 +412,23 @@ def test_huge_page_advice_is_harmless():
     assert advise_huge_pages(small) is small
 
 
+def test_huge_pages_advised_for_fresh_memory_only(monkeypatch):
+    """Memory glibc hands back already faulted in (the usual case in a training loop) is left alone: advising it
+    splits the heap mapping and costs 2 MiB page faults later."""
+    from dst.kernels import memory
+    libc = memory._thp_madvise()
+    if not libc:
+        pytest.skip("transparent huge pages are not in madvise mode here (or DST_THP=0)")
+    calls = []
+    monkeypatch.setattr(memory, "_madvise", (lambda addr, n, advice: calls.append((addr, n, advice)) or 0, libc[1]))
+    fresh = torch.empty(40 << 20, dtype=torch.uint8)   # 40 MiB: mmap'ed, untouched
+    memory.advise_huge_pages(fresh)
+    assert len(calls) == 1 and calls[0][1] >= 32 << 20 and calls[0][2] == memory.MADV_HUGEPAGE
+    fresh.fill_(1)                                      # faulted in: the same memory, now resident
+    memory.advise_huge_pages(fresh)
+    assert len(calls) == 1
+
+
 VECTORISED_CHECK = """
 import re, sys, torch
 from dst.kernels import _numba_kernels as k, cpu
