@@ -17,6 +17,7 @@ page is not resident yet (mincore).
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 
@@ -25,8 +26,6 @@ import torch
 MADV_HUGEPAGE = 14
 HUGE_PAGE = 2 << 20
 MIN_BYTES = 4 << 20
-
-PAGE = 4096
 
 _madvise = None  # (madvise, mincore) from libc once looked up, False when THP advice is unavailable or off
 
@@ -54,7 +53,7 @@ def _thp_madvise():
 def _resident(mincore, page_address: int) -> bool:
     """Whether the page at page_address is in memory already (True also when the kernel cannot say)."""
     vec = ctypes.create_string_buffer(1)
-    return mincore(page_address, PAGE, vec) != 0 or bool(vec.raw[0] & 1)
+    return mincore(page_address, mmap.PAGESIZE, vec) != 0 or bool(vec.raw[0] & 1)
 
 
 def advise_huge_pages(t: torch.Tensor) -> torch.Tensor:
