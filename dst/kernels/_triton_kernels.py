@@ -27,7 +27,6 @@ def _neuron_constants(c_ptr, k_ptr, CDT: tl.constexpr):
             tl.load(k_ptr).to(CDT))
 
 
-
 @triton.jit
 def _rnd(v, LOW: tl.constexpr, DT: tl.constexpr):
     # Round to the tensor dtype and back: eager PyTorch's rounding after each bf16/fp16 operation.
