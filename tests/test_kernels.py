@@ -6,6 +6,7 @@ on a GPU through tests/test_kernels_triton.py (pytest -m gpu).
 """
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
@@ -421,12 +422,16 @@ def test_huge_pages_advised_for_fresh_memory_only(monkeypatch):
         pytest.skip("transparent huge pages are not in madvise mode here (or DST_THP=0)")
     calls = []
     monkeypatch.setattr(memory, "_madvise", (lambda addr, n, advice: calls.append((addr, n, advice)) or 0, libc[1]))
-    fresh = torch.empty(40 << 20, dtype=torch.uint8)   # 40 MiB: mmap'ed, untouched
+    # 40 MiB of anonymous memory never touched (torch.empty might get memory the heap already holds)
+    region = mmap.mmap(-1, 40 << 20)
+    fresh = torch.frombuffer(region, dtype=torch.uint8)
     memory.advise_huge_pages(fresh)
     assert len(calls) == 1 and calls[0][1] >= 32 << 20 and calls[0][2] == memory.MADV_HUGEPAGE
     fresh.fill_(1)                                      # faulted in: the same memory, now resident
     memory.advise_huge_pages(fresh)
     assert len(calls) == 1
+    del fresh
+    region.close()
 
 
 VECTORISED_CHECK = """
