@@ -73,8 +73,8 @@ def test_long_sequences(impl, name, T):
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("name", list(NEURONS))
 def test_several_blocks(impl, name, monkeypatch):
-    """More elements per step than one kernel block, and a ragged last block, for T = 4 too. The real blocks are large (see
-    dst/kernels/cpu.py), so they are shrunk here: 1024 forward, 2048/T backward (rounded up to 1024)."""
+    """More elements per step than one kernel block, and a ragged last block, for T = 4 too. The real blocks are
+    large (see dst/kernels/cpu.py), so they are shrunk here: 1024 forward, 2048/T backward (rounded up to 1024)."""
     monkeypatch.setattr(kcpu, "FORWARD_BLOCK", 1024)
     monkeypatch.setattr(kcpu, "BACKWARD_SCRATCH", 2048)
     compare(name, impl, make_input((3, 2, 4099), torch.float32, seed=5), detach_reset=False, v_reset=None)

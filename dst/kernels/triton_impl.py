@@ -39,6 +39,11 @@ def _kernels():
     return _triton_kernels
 
 
+def _programs(M: int) -> int:
+    """Programs in a launch: one per BLOCK elements of a time step."""
+    return -(-M // BLOCK)
+
+
 def _dtype_args(dtype: torch.dtype) -> dict:
     """The kernels' dtype constants for tensors of `dtype`: LOW (round every forward intermediate to it), DT (it, as
     a Triton dtype) and CDT (the compute dtype)."""
@@ -88,7 +93,8 @@ class TritonImpl:
 
     @staticmethod
     def supports(x: torch.Tensor, spec: NeuronSpec) -> bool:
-        return ((x.is_cuda or interpreting()) and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+        return ((x.is_cuda or interpreting())
+                and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
                 and spec.surrogate in ("atan", "sigmoid") and triton_available())
 
     @staticmethod
@@ -96,8 +102,7 @@ class TritonImpl:
         layout, out, out_rows, rows = forward_buffers(x)
         if x.numel() == 0:
             return out
-        kernels = _kernels()
-        kernels._forward_kernel[(kernels.triton.cdiv(layout.M, BLOCK),)](
+        _kernels()._forward_kernel[(_programs(layout.M),)](
             rows, out_rows, _cached_constants(spec, x.dtype, x.device), _k_tensor(k, x.dtype, x.device),
             layout.M, row_stride(rows), layout.T,
             KIND=spec.kind, HARD=spec.hard, **_dtype_args(x.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
@@ -107,7 +112,7 @@ class TritonImpl:
     def backward(x: torch.Tensor, g: torch.Tensor, spec: NeuronSpec, k):
         layout = rows_layout(x)
         gx, gx_rows = layout.empty(x)
-        nprog = -(-layout.M // BLOCK)
+        nprog = _programs(layout.M)
         partial = torch.zeros(max(nprog, 1), dtype=torch.float64 if x.dtype == torch.float64 else torch.float32,
                               device=x.device)
         if x.numel():
