@@ -44,9 +44,11 @@ def _programs(M: int) -> int:
     return -(-M // BLOCK)
 
 
+@functools.lru_cache(maxsize=None)
 def _dtype_args(dtype: torch.dtype) -> dict:
     """The kernels' dtype constants for tensors of `dtype`: LOW (round every forward intermediate to it), DT (it, as
-    a Triton dtype) and CDT (the compute dtype)."""
+    a Triton dtype) and CDT (the compute dtype). Built once per dtype (every launch reads them); only unpacked by the
+    callers, never modified."""
     tl = _kernels().tl
     dt = {torch.float32: tl.float32, torch.float64: tl.float64, torch.bfloat16: tl.bfloat16,
           torch.float16: tl.float16}[dtype]
