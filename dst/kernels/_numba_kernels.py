@@ -469,11 +469,15 @@ def backward(x, x_rs, g, g_rs, gx, T, M, B, c, kind, hard, detach, sigmoid, lear
 _SERIAL = {}
 
 
-def serial(name: str):
-    """The kernel `name` ("forward" or "backward") compiled without threads (prange runs as range), on first use: for
-    a process forked from one whose numba pool runs on GNU OpenMP (see dst/kernels/numba_threads.py). Not cached on
-    disk: the parallel build's cache entry has the same function name."""
-    if name not in _SERIAL:
-        _SERIAL[name] = njit(error_model="numpy")(globals()[name].py_func)
-    return _SERIAL[name]
+def serial_of(kernel):
+    """The parallel kernel compiled without threads (prange runs as range), on first use: for a process forked from
+    one whose numba pool runs on GNU OpenMP (see dst/kernels/numba_threads.py). Not cached on disk: the parallel
+    build's cache entry has the same function name."""
+    if kernel not in _SERIAL:
+        _SERIAL[kernel] = njit(error_model="numpy")(kernel.py_func)
+    return _SERIAL[kernel]
 
+
+def serial(name: str):
+    """serial_of the kernel `name` of this module ("forward" or "backward")."""
+    return serial_of(globals()[name])

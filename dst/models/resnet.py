@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from dst.connect import get_connect
+from dst.kernels.spike_pool import spike_maxpool
 from dst.layers import MultiStep, conv_bn
 from dst.models.base import DualStreamNet, neuron_factory
 from dst.models.channels_last import store_conv_weights_channels_last
@@ -156,8 +157,9 @@ class SpikingResNet(DualStreamNet):
             raise ValueError(f"{type(self).__name__} expects images [N, 3, H, W], got shape {tuple(x.shape)}")
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # The stem sees the same analog image at every step: conv+BN run once, the neuron repeats it over T.
-        o = self.maxpool(self.stem_neuron(self.stem_bn(self.stem_conv(x)), repeat=self.T))
+        # The stem sees the same analog image at every step: conv+BN run once, the neuron repeats it over T (and,
+        # where it can, one fused kernel runs neuron and pool: the same as pool(neuron(...)), see spike_maxpool).
+        o = spike_maxpool(self.stem_neuron, self.maxpool, self.stem_bn(self.stem_conv(x)), self.T)
         a = o if with_aap else None
         for blk in self.blocks:
             o, a = blk(o, a)

@@ -1,0 +1,138 @@
+"""The stem's neuron and the max pool after it, fused on CPU: `pool(neuron(x, repeat=T))` in one kernel each way.
+
+    o = spike_maxpool(model.stem_neuron, model.maxpool, bn_out, T)
+
+The same spikes (bit for bit) and gradients (up to summation order) as the two modules run one after the other,
+which is what runs whenever the fused kernel does not apply: off CPU, without numba, for a layout other than
+channels-last, a dtype other than float32/float64, PLIF's learned decay, a pool other than a plain square MaxPool2d,
+under tracing, and whenever anything watches either module (a forward or backward hook on the neuron, the pool or
+their children, or a global one): firing-rate monitors, spike checks and energy counts see the stem's spikes as
+they always did. See dst/kernels/_numba_spike_pool.py for what the fusion saves.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.modules import module as nn_module
+
+from dst.kernels import numba_threads
+from dst.kernels.cpu import _constants, _numba_kernels
+from dst.kernels.memory import advise_huge_pages
+from dst.kernels.spec import NeuronSpec, neuron_spec
+
+_POOL = None  # the kernels module once imported
+
+
+def _pool_kernels():
+    global _POOL
+    if _POOL is None:
+        from dst.kernels import _numba_spike_pool
+        _POOL = _numba_spike_pool
+    return _POOL
+
+
+def _kernel(name: str):
+    kernel = getattr(_pool_kernels(), name)
+    return _numba_kernels().serial_of(kernel) if numba_threads.serial_only() else kernel
+
+
+def _square(value) -> int | None:
+    if isinstance(value, int):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 2 and value[0] == value[1]:
+        return int(value[0])
+    return None
+
+
+def _plain_max_pool(pool: nn.Module) -> tuple[int, int, int] | None:
+    """(kernel, stride, padding) of a square nn.MaxPool2d (dilation 1, floor mode, no indices), else None."""
+    if isinstance(pool, nn.Sequential) and len(pool) == 1:
+        pool = pool[0]
+    if type(pool) is not nn.MaxPool2d or pool.return_indices or pool.ceil_mode or _square(pool.dilation) != 1:
+        return None
+    k, s, p = _square(pool.kernel_size), _square(pool.stride if pool.stride is not None else pool.kernel_size), \
+        _square(pool.padding)
+    if k is None or s is None or p is None or k * k > 127:
+        return None
+    return k, s, p
+
+
+def _watched(*modules: nn.Module) -> bool:
+    """Whether a hook (forward or backward, on the modules, their children, or global) would see them run."""
+    if (nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks or nn_module._global_backward_hooks
+            or nn_module._global_backward_pre_hooks):
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for mod in modules for m in mod.modules())
+
+
+def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor) -> tuple[NeuronSpec, tuple[int, int, int]] | None:
+    from dst.neuron import MultiStepLIF, _tracing
+    if getattr(neuron, "backend", None) not in ("auto", "numba") or _tracing():
+        return None
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
+        return None
+    if not x.is_contiguous(memory_format=torch.channels_last) or not _numba_kernels():
+        return None
+    spec = neuron_spec(neuron)
+    geometry = _plain_max_pool(pool)
+    if spec is None or spec.learn_k or geometry is None or _watched(neuron, pool):
+        return None
+    if isinstance(neuron, MultiStepLIF) and not isinstance(neuron.decay(x), float):
+        return None
+    k, s, p = geometry
+    if x.shape[2] + 2 * p < k or x.shape[3] + 2 * p < k or 2 * p > k:
+        return None   # the pool's own error message says what is wrong
+    return spec, geometry
+
+
+def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
+    """pool(neuron(x, repeat=T)) for x [N, C, H, W] presented at each of T steps: pooled spikes [T, N, C, OH, OW]."""
+    fusable = _fusable(neuron, pool, x)
+    if fusable is None or T < 1:
+        return pool(neuron(x, repeat=T))
+    spec, (k, s, p) = fusable
+    decay = neuron.decay(x) if hasattr(neuron, "decay") else None
+    return FusedSpikeMaxPool.apply(x, spec, decay, T, k, s, p)
+
+
+class FusedSpikeMaxPool(torch.autograd.Function):
+    """Pooled spikes of a neuron driven by the same x at each of T steps; saves x and one byte per output (the winning
+    window position)."""
+
+    @staticmethod
+    def forward(ctx, x, spec, decay, T, k, s, p):
+        N, C, H, W = x.shape
+        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        xl = x.detach().permute(0, 2, 3, 1)                      # [N, H, W, C], contiguous (channels-last)
+        out = advise_huge_pages(torch.empty((T, N, OH, OW, C), dtype=x.dtype))
+        sel = torch.empty((T, N, OH, OW, C), dtype=torch.int8)
+        c = _constants(spec, decay, x.dtype)
+        if out.numel():
+            n = numba_threads.threads(out.numel())
+            with numba_threads.Threads(n):
+                _kernel("forward")(xl.numpy(), out.numpy(), sel.numpy(), T, k, s, p, c, spec.kind, spec.hard)
+        ctx.spec, ctx.c, ctx.geometry = spec, c, (T, k, s, p)
+        ctx.save_for_backward(x, sel)
+        return out.permute(0, 1, 4, 2, 3)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        x, sel = ctx.saved_tensors
+        if not ctx.needs_input_grad[0]:
+            return None, None, None, None, None, None, None
+        T, k, s, p = ctx.geometry
+        spec = ctx.spec
+        g = grad_out.to(x.dtype).permute(0, 1, 3, 4, 2).contiguous()     # [T, N, OH, OW, C]
+        gx = torch.empty_like(x, memory_format=torch.channels_last)
+        if gx.numel():
+            n = numba_threads.threads(g.numel())
+            with numba_threads.Threads(n):
+                _kernel("backward")(x.detach().permute(0, 2, 3, 1).numpy(), g.numpy(), sel.numpy(),
+                                    gx.permute(0, 2, 3, 1).numpy(), T, k, s, p, ctx.c, spec.kind, spec.hard,
+                                    spec.detach_reset, spec.surrogate_id == 1)
+        return gx, None, None, None, None, None, None
+
+
+__all__ = ["spike_maxpool", "FusedSpikeMaxPool"]
