@@ -125,7 +125,7 @@ class FusedSpikeMaxPool(torch.autograd.Function):
         T, k, s, p = ctx.geometry
         spec = ctx.spec
         g = grad_out.to(x.dtype).permute(0, 1, 3, 4, 2).contiguous()     # [T, N, OH, OW, C]
-        gx = torch.empty_like(x, memory_format=torch.channels_last)
+        gx = advise_huge_pages(torch.empty_like(x, memory_format=torch.channels_last))
         if gx.numel():
             n = numba_threads.threads(g.numel())
             with numba_threads.Threads(n):
