@@ -1,5 +1,8 @@
 """Shared pieces of the benchmarks: paired timing, environment facts, the table and the JSON result line.
 
+Environment: importing this module imports dst before torch, so the benchmarks run as the `dst` command does (see
+below); environment() records the OpenMP settings in force.
+
 Timing: contestants run in interleaved rounds (A B C, B C A, C A B, ...) after warm-up. On a shared machine other
 jobs only ever add time, so a headline ratio compares the best (minimum) time of each contestant; the median of the
 per-round ratios is kept beside it as a check. Absolute times are noise here; the ratios are the figures.
@@ -21,6 +24,10 @@ BENCH_DIR = Path(__file__).resolve().parent
 REPO = BENCH_DIR.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# Before torch, as the `dst` command does: every benchmark (ours and the peers, in the same process) runs with dst's
+# OpenMP spin default (dst/__init__.py; a GOMP_SPINCOUNT or OMP_WAIT_POLICY of the user's is kept).
+import dst  # noqa: E402, F401
 
 
 def synchronize(device: str) -> None:
@@ -77,6 +84,8 @@ def environment(device: str = "cpu") -> dict:
         "threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "device": device,
+        "GOMP_SPINCOUNT": os.environ.get("GOMP_SPINCOUNT"),
+        "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY"),
     }
     try:
         env["load_avg_1m"] = round(os.getloadavg()[0], 2)

@@ -7,8 +7,8 @@ Like-for-like rows: both in NCHW (sj / ours-nchw) and both channels-last (sj-cha
 the ratio that is only the memory format is visible. Extra rows: bfloat16 autocast for both, and what the fused
 neurons bring (ours with the reference neuron loop).
 
-OpenMP: dst is imported before torch, as the `dst` command does, so both contestants run with dst's GOMP_SPINCOUNT
-default (dst/__init__.py; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept). On CPU, ours and SpikingJelly
+OpenMP: dst is imported before torch (by common.py), as the `dst` command does, so both contestants run with dst's
+GOMP_SPINCOUNT default (dst/__init__.py; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept). On CPU, ours and SpikingJelly
 are timed once more in a child process under libgomp's own default spin (GOMP_SPINCOUNT=300000), and that ratio is
 printed and kept beside the headline.
 
@@ -25,7 +25,6 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import dst  # noqa: E402, F401  before torch, as the `dst` command: its OpenMP spin default (dst/__init__.py)
 from common import (best_ratio, emit, environment, median_ms, min_ms, paired_ratio, table,  # noqa: E402
                     time_interleaved)
 
@@ -87,8 +86,6 @@ def main(argv=None):
         openmp_default = _ratio_under_libgomp_default(args, batch, res, rounds)
 
     env = environment(args.device)
-    env["GOMP_SPINCOUNT"] = os.environ.get("GOMP_SPINCOUNT")
-    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
     print(f"train step, T={args.T}, batch {batch}, {res}x{res}, device {device}, {env['threads']} threads, "
           f"load {env.get('load_avg_1m')}, GOMP_SPINCOUNT={env['GOMP_SPINCOUNT']}, "
           f"OMP_WAIT_POLICY={env['OMP_WAIT_POLICY']}")

@@ -5,6 +5,9 @@ tried as the default and dropped. It made one process's training step faster on 
 128 px: 602-622 ms against 650-710 ms with TBB, 3 interleaved runs each, before the T = 4 backward fix). But it made
 the demo's 2-rank DVS training (7B-Net, PLIF, T=8, one thread per rank) slower: 25-37 samples/s against 53-60 with
 TBB. One of those omp runs also hung in a forked DataLoader worker.
+Much of what 'omp' gained was probably torch's OpenMP workers spinning after each torch op (GOMP_SPINCOUNT, 300000 by
+default) on the cores numba's TBB threads then wanted. Numba's 'omp' pool is a second libgomp (the system's; torch
+ships its own), so it does not share torch's workers either. dst now shortens that spin instead (dst/__init__.py).
 
 Fork. GNU OpenMP is not fork-safe. Numba aborts a forked child that launches a parallel kernel after its parent did
 ("fork() called from a process already using GNU OpenMP"). So, where the user chose 'omp' on GNU OpenMP, a child
