@@ -8,9 +8,9 @@ the ratio that is only the memory format is visible. Extra rows: bfloat16 autoca
 neurons bring (ours with the reference neuron loop).
 
 OpenMP: dst is imported before torch (by common.py), as the `dst` command does, so both contestants run with dst's
-GOMP_SPINCOUNT default (dst/__init__.py; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept). On CPU, ours and SpikingJelly
-are timed once more in a child process under libgomp's own default spin (GOMP_SPINCOUNT=300000), and that ratio is
-printed and kept beside the headline.
+GOMP_SPINCOUNT default (dst/__init__.py; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept). On CPU, ours and
+SpikingJelly are timed once more in a child process under libgomp's own default spin (GOMP_SPINCOUNT=300000), and
+that ratio is printed and kept beside the headline.
 
 Targets: SpikingJelly / ours >= 1.3 (defaults against defaults); AAP overhead (with / without - 1) < 10%.
 Prints a table, then one JSON line {"name": "train-step", "ratio": ..., "target": ..., "met": ..., ...}.
