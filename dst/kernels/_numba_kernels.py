@@ -476,8 +476,3 @@ def serial_of(kernel):
     if kernel not in _SERIAL:
         _SERIAL[kernel] = njit(error_model="numpy")(kernel.py_func)
     return _SERIAL[kernel]
-
-
-def serial(name: str):
-    """serial_of the kernel `name` of this module ("forward" or "backward")."""
-    return serial_of(globals()[name])

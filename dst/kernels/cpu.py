@@ -204,10 +204,11 @@ def _flat_out(rows: torch.Tensor) -> np.ndarray:
     return flat.numpy()
 
 
-def _kernel(name: str):
-    """The numba kernel `name`: the parallel build, or the serial one where parallel kernels would abort a fork."""
-    kernels = _numba_kernels()
-    return kernels.serial(name) if numba_threads.serial_only() else getattr(kernels, name)
+def _kernel(name: str, module=None):
+    """The numba kernel `name` of `module` (default: the neuron kernels): the parallel build, or the serial one where
+    parallel kernels would abort a fork."""
+    kernel = getattr(module or _numba_kernels(), name)
+    return _numba_kernels().serial_of(kernel) if numba_threads.serial_only() else kernel
 
 
 def _one_step_like(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

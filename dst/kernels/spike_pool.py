@@ -15,25 +15,15 @@ import torch
 from torch import nn
 from torch.nn.modules import module as nn_module
 
-from dst.kernels import numba_threads
-from dst.kernels.cpu import _constants, _numba_kernels
+from dst.kernels import cpu, numba_threads
 from dst.kernels.memory import advise_huge_pages
-from dst.kernels.spec import NeuronSpec, neuron_spec
-
-_POOL = None  # the kernels module once imported
-
-
-def _pool_kernels():
-    global _POOL
-    if _POOL is None:
-        from dst.kernels import _numba_spike_pool
-        _POOL = _numba_spike_pool
-    return _POOL
+from dst.kernels.spec import neuron_spec
 
 
 def _kernel(name: str):
-    kernel = getattr(_pool_kernels(), name)
-    return _numba_kernels().serial_of(kernel) if numba_threads.serial_only() else kernel
+    """The fused kernel `name` (imported on first use: numba is optional), serial where a fork needs it."""
+    from dst.kernels import _numba_spike_pool
+    return cpu._kernel(name, _numba_spike_pool)
 
 
 def _square(value) -> int | None:
@@ -66,24 +56,27 @@ def _watched(*modules: nn.Module) -> bool:
                for mod in modules for m in mod.modules())
 
 
-def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor) -> tuple[NeuronSpec, tuple[int, int, int]] | None:
+def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor):
+    """(the neuron's spec, its decay k or None, the pool's (kernel, stride, padding)) where the fused kernel applies,
+    else None."""
     from dst.neuron import MultiStepLIF, _tracing
     if getattr(neuron, "backend", None) not in ("auto", "numba") or _tracing():
         return None
     if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
         return None
-    if not x.is_contiguous(memory_format=torch.channels_last) or not _numba_kernels():
+    if not x.is_contiguous(memory_format=torch.channels_last) or not cpu.numba_available():
         return None
     spec = neuron_spec(neuron)
     geometry = _plain_max_pool(pool)
     if spec is None or spec.learn_k or geometry is None or _watched(neuron, pool):
         return None
-    if isinstance(neuron, MultiStepLIF) and not isinstance(neuron.decay(x), float):
+    decay = neuron.decay(x) if isinstance(neuron, MultiStepLIF) else None
+    if decay is not None and not isinstance(decay, float):
         return None
     k, s, p = geometry
     if x.shape[2] + 2 * p < k or x.shape[3] + 2 * p < k or 2 * p > k:
         return None   # the pool's own error message says what is wrong
-    return spec, geometry
+    return spec, decay, geometry
 
 
 def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -91,8 +84,7 @@ def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int) -
     fusable = _fusable(neuron, pool, x)
     if fusable is None or T < 1:
         return pool(neuron(x, repeat=T))
-    spec, (k, s, p) = fusable
-    decay = neuron.decay(x) if hasattr(neuron, "decay") else None
+    spec, decay, (k, s, p) = fusable
     return FusedSpikeMaxPool.apply(x, spec, decay, T, k, s, p)
 
 
@@ -107,7 +99,7 @@ class FusedSpikeMaxPool(torch.autograd.Function):
         xl = x.detach().permute(0, 2, 3, 1)                      # [N, H, W, C], contiguous (channels-last)
         out = advise_huge_pages(torch.empty((T, N, OH, OW, C), dtype=x.dtype))
         sel = torch.empty((T, N, OH, OW, C), dtype=torch.int8)
-        c = _constants(spec, decay, x.dtype)
+        c = cpu._constants(spec, decay, x.dtype)
         if out.numel():
             n = numba_threads.threads(out.numel())
             with numba_threads.Threads(n):
