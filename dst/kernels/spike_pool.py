@@ -42,7 +42,7 @@ def _plain_max_pool(pool: nn.Module) -> tuple[int, int, int] | None:
         return None
     k, s, p = _square(pool.kernel_size), _square(pool.stride if pool.stride is not None else pool.kernel_size), \
         _square(pool.padding)
-    if k is None or s is None or p is None or k * k > 127:
+    if k is None or s is None or p is None or k * k > 127:   # the winning window position is kept as an int8
         return None
     return k, s, p
 
