@@ -471,12 +471,14 @@ def test_step_loops_vectorise(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 # Triton, interpreted on CPU (a GPU runs the same checks natively: pytest -m gpu tests/test_kernels_triton.py)
 # ----------------------------------------------------------------------------------------------------------------------
-def test_triton_kernel_in_interpreter():
+@pytest.mark.parametrize("test_file, at_least", [("test_kernels_triton.py", 100), ("test_spike_pool_triton.py", 80)])
+def test_triton_kernels_in_interpreter(test_file, at_least):
+    """The neuron's kernels, and the fused stem's (dst/kernels/_triton_spike_pool.py)."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", DST_TRITON_TEST_DEVICE="cpu")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                           str(REPO / "tests" / "test_kernels_triton.py")],
+                           str(REPO / "tests" / test_file)],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = proc.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and int(summary.split(" passed")[0].split()[-1]) >= 100, summary
+    assert " passed" in summary and int(summary.split(" passed")[0].split()[-1]) >= at_least, summary

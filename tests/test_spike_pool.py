@@ -10,31 +10,17 @@ from dst.kernels import numba_available
 from dst.kernels import spike_pool
 from dst.layers import MultiStep
 from dst.models import create_model
-from neuron_cases import TOL, make_input, make_neuron
+from neuron_cases import TOL, make_neuron
+from spike_pool_cases import max_pool as _pool
+from spike_pool_cases import run as _run
+from spike_pool_cases import stem_input as _stem_input
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="the fused stem kernel needs numba")
-
-
-def _stem_input(shape, dtype, seed=0, scale=1.0):
-    return (make_input(shape, dtype, seed) * scale).contiguous(memory_format=torch.channels_last)
-
-
-def _run(neuron, pool, x, T, upstream_seed=1):
-    """(pooled spikes, dL/dx, the graph node that made the spikes) for L = sum(spikes * a fixed random upstream)."""
-    x = x.detach().clone().requires_grad_(True)
-    y = spike_pool.spike_maxpool(neuron, pool, x, T)
-    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(upstream_seed), dtype=torch.float64)
-    (gx,) = torch.autograd.grad((y * g.to(y.dtype)).sum(), [x])
-    return y.detach(), gx, type(y.grad_fn).__name__
 
 
 def _reference(neuron_name, pool, x, T, **kw):
     """The unfused modules, the neuron on its reference loop."""
     return _run(make_neuron(neuron_name, "torch", **kw), pool, x, T)
-
-
-def _pool(k, s, p):
-    return MultiStep(nn.MaxPool2d(k, stride=s, padding=p))
 
 
 @pytest.mark.parametrize("neuron_name", ["if", "lif", "lif-nodecay"])

@@ -65,6 +65,43 @@ def _step(v, x_ptrs, mask, th, k, rest, th_r, reset_r, KIND: tl.constexpr, HARD:
     return h, s, _after_reset(h, s, th_r, reset_r, HARD, LOW, DT)
 
 
+@triton.jit
+def _dl_dh(h, go, gv, th, reset_r, a, ha, HARD: tl.constexpr, DETACH: tl.constexpr, SURROGATE: tl.constexpr,
+           CDT: tl.constexpr):
+    """dL/dH[t] from H[t], dL/dS[t] (go) and dL/dV[t] arriving from step t + 1 (gv)."""
+    u = h - th
+    s = u >= 0
+    if SURROGATE == 0:  # ATan: alpha/2 / (1 + (pi/2 alpha u)^2)
+        y = a * u
+        sg = (1.0 / (1.0 + y * y)) * ha
+    else:               # Sigmoid: alpha sig(alpha u) (1 - sig(alpha u))
+        sig = tl.sigmoid(a * u)
+        sg = ha * sig * (1.0 - sig)
+    if HARD:
+        dvdh = tl.where(s, 0.0, 1.0).to(CDT)
+        if not DETACH:
+            dvdh = dvdh + (reset_r - h) * sg
+    else:
+        dvdh = tl.zeros_like(h) + 1.0
+        if not DETACH:
+            dvdh = dvdh - th * sg
+    return go * sg + gv * dvdh
+
+
+@triton.jit
+def _dl_dx_dv(gh, k, KIND: tl.constexpr):
+    """(dL/dX[t], dL/dV[t-1]) from dL/dH[t], through the charge equation."""
+    if KIND == 1:
+        gx = gh * k
+    else:
+        gx = gh
+    if KIND == 0:
+        gv = gh
+    else:
+        gv = gh * (1.0 - k)
+    return gx, gv
+
+
 @triton.jit(do_not_specialize=["M", "x_rs", "T"])
 def _forward_kernel(x_ptr, out_ptr, c_ptr, k_ptr, M, x_rs, T,
                     KIND: tl.constexpr, HARD: tl.constexpr, LOW: tl.constexpr, DT: tl.constexpr,
@@ -109,23 +146,7 @@ def _backward_kernel(x_ptr, g_ptr, gx_ptr, c_ptr, k_ptr, partial_ptr, M, x_rs, g
         x_ptrs -= x_rs
         h = tl.load(h_ptrs, mask=mask, other=0.0).to(CDT)
         go = tl.load(g_ptrs, mask=mask, other=0.0).to(CDT)
-        u = h - th
-        s = u >= 0
-        if SURROGATE == 0:  # ATan: alpha/2 / (1 + (pi/2 alpha u)^2)
-            y = a * u
-            sg = (1.0 / (1.0 + y * y)) * ha
-        else:               # Sigmoid: alpha sig(alpha u) (1 - sig(alpha u))
-            sig = tl.sigmoid(a * u)
-            sg = ha * sig * (1.0 - sig)
-        if HARD:
-            dvdh = tl.where(s, 0.0, 1.0).to(CDT)
-            if not DETACH:
-                dvdh = dvdh + (reset_r - h) * sg
-        else:
-            dvdh = tl.zeros([BLOCK], CDT) + 1.0
-            if not DETACH:
-                dvdh = dvdh - th * sg
-        gh = go * sg + gv * dvdh
+        gh = _dl_dh(h, go, gv, th, reset_r, a, ha, HARD, DETACH, SURROGATE, CDT)
         if LEARN_K:
             has_prev = (offs * 0 + t) > 0   # as a tensor: t is a plain int under the interpreter
             hp = tl.load(h_ptrs - M, mask=mask & has_prev, other=0.0).to(CDT)
@@ -136,14 +157,7 @@ def _backward_kernel(x_ptr, g_ptr, gx_ptr, c_ptr, k_ptr, partial_ptr, M, x_rs, g
             else:
                 dk = rest - vprev
             acc += tl.where(mask, gh * dk, 0.0)
-        if KIND == 1:
-            gxv = gh * k
-        else:
-            gxv = gh
-        if KIND == 0:
-            gv = gh
-        else:
-            gv = gh * (1.0 - k)
+        gxv, gv = _dl_dx_dv(gh, k, KIND)
         tl.store(h_ptrs, gxv.to(gx_ptr.dtype.element_ty), mask=mask)
         g_ptrs -= g_rs
     if LEARN_K:

@@ -1,13 +1,18 @@
-"""The stem's neuron and the max pool after it, fused on CPU: `pool(neuron(x, repeat=T))` in one kernel each way.
+"""The stem's neuron and the max pool after it, fused: `pool(neuron(x, repeat=T))` in one kernel each way.
 
     o = spike_maxpool(model.stem_neuron, model.maxpool, bn_out, T)
 
+Two implementations, picked by the neuron's backend ("auto": the device's own):
+- numba (CPU): channels-last float32/float64 (dst/kernels/_numba_spike_pool.py);
+- triton (CUDA, or CPU tensors under TRITON_INTERPRET=1 for tests): any layout, float32/float64/bfloat16/float16
+  (dst/kernels/_triton_spike_pool.py).
 The same spikes (bit for bit) and gradients (up to summation order) as the two modules run one after the other,
-which is what runs whenever the fused kernel does not apply: off CPU, without numba, for a layout other than
-channels-last, a dtype other than float32/float64, PLIF's learned decay, a pool other than a plain square MaxPool2d,
-under tracing, and whenever anything watches either module (a forward or backward hook on the neuron, the pool or
-their children, or a global one): firing-rate monitors, spike checks and energy counts see the stem's spikes as
-they always did. See dst/kernels/_numba_spike_pool.py for what the fusion saves.
+which is what runs whenever a fused kernel does not apply: a backend or device without one (the reference loop,
+eager, numba without numba installed, a CPU tensor that is not channels-last float32/float64), PLIF's learned
+decay, a pool other than a plain square MaxPool2d, under tracing, and whenever anything watches either module (a
+forward or backward hook on the neuron, the pool or their children, or a global one): firing-rate monitors, spike
+checks and energy counts see the stem's spikes as they always did. See dst/kernels/_numba_spike_pool.py for what the
+fusion saves.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from torch.nn.modules import module as nn_module
 from dst.kernels import cpu, numba_threads
 from dst.kernels.memory import advise_huge_pages
 from dst.kernels.spec import neuron_spec
+from dst.kernels.triton_impl import TritonSpikePool
 
 
 def _kernel(name: str):
@@ -56,15 +62,55 @@ def _watched(*modules: nn.Module) -> bool:
                for mod in modules for m in mod.modules())
 
 
+class NumbaSpikePool:
+    """CPU: the numba kernels (dst/kernels/_numba_spike_pool.py) on channels-last float32/float64 tensors."""
+    name = "numba"
+
+    @staticmethod
+    def supports(x: torch.Tensor) -> bool:
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+                and x.is_contiguous(memory_format=torch.channels_last) and cpu.numba_available())
+
+    @staticmethod
+    def forward(x, spec, decay, T, k, s, p):
+        N, C, H, W = x.shape
+        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        xl = x.detach().permute(0, 2, 3, 1)                      # [N, H, W, C], contiguous (channels-last)
+        out = advise_huge_pages(torch.empty((T, N, OH, OW, C), dtype=x.dtype))
+        sel = torch.empty((T, N, OH, OW, C), dtype=torch.int8)
+        if out.numel():
+            n = numba_threads.threads(out.numel())
+            with numba_threads.Threads(n):
+                _kernel("forward")(xl.numpy(), out.numpy(), sel.numpy(), T, k, s, p,
+                                   cpu._constants(spec, decay, x.dtype), spec.kind, spec.hard)
+        return out.permute(0, 1, 4, 2, 3), sel
+
+    @staticmethod
+    def backward(x, grad_out, sel, spec, decay, T, k, s, p):
+        g = grad_out.to(x.dtype).permute(0, 1, 3, 4, 2).contiguous()     # [T, N, OH, OW, C]
+        gx = advise_huge_pages(torch.empty_like(x, memory_format=torch.channels_last))
+        if gx.numel():
+            n = numba_threads.threads(g.numel())
+            with numba_threads.Threads(n):
+                _kernel("backward")(x.detach().permute(0, 2, 3, 1).numpy(), g.numpy(), sel.numpy(),
+                                    gx.permute(0, 2, 3, 1).numpy(), T, k, s, p, cpu._constants(spec, decay, x.dtype),
+                                    spec.kind, spec.hard, spec.detach_reset, spec.surrogate_id == 1)
+        return gx
+
+
+# The neuron's backend -> the fused implementation it runs ("auto": the device's own)
+_IMPLS = {"numba": NumbaSpikePool, "triton": TritonSpikePool}
+
+
 def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor):
-    """(the neuron's spec, its decay k or None, the pool's (kernel, stride, padding)) where the fused kernel applies,
-    else None."""
+    """(the implementation, the neuron's spec, its decay k or None, the pool's (kernel, stride, padding)) where a
+    fused kernel applies, else None."""
     from dst.neuron import MultiStepLIF, _tracing
-    if getattr(neuron, "backend", None) not in ("auto", "numba") or _tracing():
-        return None
-    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64) or x.dim() != 4:
-        return None
-    if not x.is_contiguous(memory_format=torch.channels_last) or not cpu.numba_available():
+    backend = getattr(neuron, "backend", None)
+    if backend == "auto":
+        backend = "triton" if x.is_cuda else "numba"
+    impl = _IMPLS.get(backend)
+    if impl is None or _tracing() or x.dim() != 4 or not impl.supports(x):
         return None
     spec = neuron_spec(neuron)
     geometry = _plain_max_pool(pool)
@@ -76,7 +122,7 @@ def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor):
     k, s, p = geometry
     if x.shape[2] + 2 * p < k or x.shape[3] + 2 * p < k or 2 * p > k:
         return None   # the pool's own error message says what is wrong
-    return spec, decay, geometry
+    return impl, spec, decay, geometry
 
 
 def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
@@ -84,8 +130,8 @@ def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int) -
     fusable = _fusable(neuron, pool, x)
     if fusable is None or T < 1:
         return pool(neuron(x, repeat=T))
-    spec, decay, (k, s, p) = fusable
-    return FusedSpikeMaxPool.apply(x, spec, decay, T, k, s, p)
+    impl, spec, decay, (k, s, p) = fusable
+    return FusedSpikeMaxPool.apply(x, impl, spec, decay, T, k, s, p)
 
 
 class FusedSpikeMaxPool(torch.autograd.Function):
@@ -93,38 +139,19 @@ class FusedSpikeMaxPool(torch.autograd.Function):
     window position)."""
 
     @staticmethod
-    def forward(ctx, x, spec, decay, T, k, s, p):
-        N, C, H, W = x.shape
-        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
-        xl = x.detach().permute(0, 2, 3, 1)                      # [N, H, W, C], contiguous (channels-last)
-        out = advise_huge_pages(torch.empty((T, N, OH, OW, C), dtype=x.dtype))
-        sel = torch.empty((T, N, OH, OW, C), dtype=torch.int8)
-        c = cpu._constants(spec, decay, x.dtype)
-        if out.numel():
-            n = numba_threads.threads(out.numel())
-            with numba_threads.Threads(n):
-                _kernel("forward")(xl.numpy(), out.numpy(), sel.numpy(), T, k, s, p, c, spec.kind, spec.hard)
-        ctx.spec, ctx.c, ctx.geometry = spec, c, (T, k, s, p)
+    def forward(ctx, x, impl, spec, decay, T, k, s, p):
+        out, sel = impl.forward(x, spec, decay, T, k, s, p)
+        ctx.impl, ctx.spec, ctx.decay, ctx.geometry = impl, spec, decay, (T, k, s, p)
         ctx.save_for_backward(x, sel)
-        return out.permute(0, 1, 4, 2, 3)
+        return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
         x, sel = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None, None
-        T, k, s, p = ctx.geometry
-        spec = ctx.spec
-        g = grad_out.to(x.dtype).permute(0, 1, 3, 4, 2).contiguous()     # [T, N, OH, OW, C]
-        gx = advise_huge_pages(torch.empty_like(x, memory_format=torch.channels_last))
-        if gx.numel():
-            n = numba_threads.threads(g.numel())
-            with numba_threads.Threads(n):
-                _kernel("backward")(x.detach().permute(0, 2, 3, 1).numpy(), g.numpy(), sel.numpy(),
-                                    gx.permute(0, 2, 3, 1).numpy(), T, k, s, p, ctx.c, spec.kind, spec.hard,
-                                    spec.detach_reset, spec.surrogate_id == 1)
-        return gx, None, None, None, None, None, None
+        gx = ctx.impl.backward(x, grad_out, sel, ctx.spec, ctx.decay, *ctx.geometry) if ctx.needs_input_grad[0] \
+            else None
+        return gx, None, None, None, None, None, None, None
 
 
-__all__ = ["spike_maxpool", "FusedSpikeMaxPool"]
+__all__ = ["spike_maxpool", "FusedSpikeMaxPool", "NumbaSpikePool", "TritonSpikePool"]

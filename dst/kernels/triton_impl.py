@@ -127,3 +127,67 @@ class TritonImpl:
                 LEARN_K=spec.learn_k, **_dtype_args(x.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
         gk = partial.sum(dtype=torch.float64) if spec.learn_k else None
         return gx, gk
+
+
+def _spike_pool_kernels():
+    """dst/kernels/_triton_spike_pool.py (imports Triton: only once a kernel is launched)."""
+    from dst.kernels import _triton_spike_pool
+    return _triton_spike_pool
+
+
+# Pooled outputs (forward) and inputs (backward) per program of the fused stem; each output holds its K x K window
+# (16 lanes for 3x3), each input its T values of H. Not tuned on a GPU yet.
+SPIKE_POOL_BLOCK = int(os.environ.get("DST_TRITON_SPIKE_POOL_BLOCK", "256"))
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, n - 1).bit_length()
+
+
+class TritonSpikePool:
+    """The stem's neuron fused with the max pool after it, on CUDA (dst/kernels/_triton_spike_pool.py); any layout,
+    float32/float64/bfloat16/float16. The launch side of dst.kernels.spike_pool."""
+    name = "triton"
+
+    @staticmethod
+    def supports(x: torch.Tensor) -> bool:
+        return ((x.is_cuda or interpreting()) and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+                and triton_available())
+
+    @staticmethod
+    def _last_c(x: torch.Tensor) -> bool:
+        return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+    @staticmethod
+    def forward(x, spec, decay, T, k, s, p):
+        N, C, H, W = x.shape
+        OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+        last_c = TritonSpikePool._last_c(x)
+        # [T, N, C, OH, OW] in x's memory order per step, as the unfused pool's output has it
+        shape, order = ((T, N, OH, OW, C), (0, 1, 4, 2, 3)) if last_c else ((T, N, C, OH, OW), (0, 1, 2, 3, 4))
+        out = torch.empty(shape, dtype=x.dtype, device=x.device).permute(*order)
+        sel = torch.empty(shape, dtype=torch.int8, device=x.device).permute(*order)
+        M = N * C * OH * OW
+        if M:
+            _spike_pool_kernels()._forward_kernel[(-(-M // SPIKE_POOL_BLOCK),)](
+                x, out, sel, _cached_constants(spec, x.dtype, x.device), _k_tensor(decay, x.dtype, x.device),
+                M, C, H, W, OH, OW, T, *x.stride(), *out.stride(),
+                K=k, S=s, P=p, KK=_pow2(k * k), LAST_C=last_c, KIND=spec.kind, HARD=spec.hard,
+                **_dtype_args(x.dtype), BLOCK=SPIKE_POOL_BLOCK, num_warps=NUM_WARPS)
+        return out, sel
+
+    @staticmethod
+    def backward(x, grad_out, sel, spec, decay, T, k, s, p):
+        N, C, H, W = x.shape
+        OH, OW = sel.shape[3], sel.shape[4]
+        gx = torch.empty_like(x)                                   # keeps x's layout (dense x)
+        M = N * C * H * W
+        if M:
+            _spike_pool_kernels()._backward_kernel[(-(-M // SPIKE_POOL_BLOCK),)](
+                x.detach(), grad_out, sel, gx, _cached_constants(spec, x.dtype, x.device),
+                _k_tensor(decay, x.dtype, x.device), M, C, H, W, OH, OW, T,
+                *x.stride(), *grad_out.stride(), *sel.stride(), *gx.stride(),
+                K=k, S=s, P=p, WINDOWS=-(-k // s), TP=_pow2(T), LAST_C=TritonSpikePool._last_c(x), KIND=spec.kind,
+                HARD=spec.hard, DETACH=spec.detach_reset, SURROGATE=spec.surrogate_id, **_dtype_args(x.dtype),
+                BLOCK=SPIKE_POOL_BLOCK, num_warps=NUM_WARPS)
+        return gx
