@@ -1,12 +1,13 @@
 """Triton kernels of the stem's neuron fused with the max pool after it (see dst/kernels/spike_pool.py, which launches
 them, and _numba_spike_pool.py, the CPU twin, for what the fusion saves). Imported lazily, as _triton_kernels is.
 
-Forward: one program per BLOCK pooled outputs of a step. Each output holds its window's K x K inputs (padded to KK
-lanes) and their membrane potentials in registers, runs the T steps on all of them at once, and stores per step the
-window's maximum spike and the first position that holds it (one byte: dh * K + dw, padding never wins), as PyTorch's
-max pool picks it. The neuron's arithmetic is _triton_kernels' step functions, so the spikes are the Triton neuron's.
+Forward: one program per BLOCK pooled outputs, for all T steps. Each output holds its window's K x K inputs (padded
+to KK rows) and their membrane potentials in registers, runs the T steps on all of them at once, and stores per step
+the window's maximum spike and the first position that holds it (one byte: dh * K + dw, padding never wins), as
+PyTorch's max pool picks it. The neuron's arithmetic is _triton_kernels' step functions, so the spikes are the Triton
+neuron's.
 
-Backward: one program per BLOCK inputs. Each recomputes its own H[t] for all t into a [BLOCK, TP] register tile, then
+Backward: one program per BLOCK inputs. Each recomputes its own H[t] for all t into a [TP, BLOCK] register tile, then
 walks t = T-1..0: gathers dL/dS[t] from the (at most ceil(K/S)^2) windows that cover it and that it won, steps the
 neuron's backward, and sums dL/dX over the steps (the input is the same at every step). Nothing else is stored.
 
@@ -48,20 +49,22 @@ def _forward_kernel(x_ptr, out_ptr, sel_ptr, c_ptr, k_ptr, M, C, H, W, OH, OW, T
     offs, mask = _block(M, BLOCK)
     n, c, oh, ow = _decode(offs, C, OH, OW, LAST_C)
     th, reset_r, rest, th_r, v0, k = _neuron_constants(c_ptr, k_ptr, CDT)
+    # Tiles are [KK, BLOCK]: window positions down, outputs across, so that neighbouring threads take neighbouring
+    # elements (coalesced loads) and the reductions over the window stay within a thread.
     pos = tl.arange(0, KK)                                       # window position dh * K + dw
-    hh = oh[:, None] * S - P + (pos // K)[None, :]
-    ww = ow[:, None] * S - P + (pos % K)[None, :]
-    inside = mask[:, None] & (pos < K * K)[None, :] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-    x = tl.load(x_ptr + (n * xs_n + c * xs_c)[:, None] + hh * xs_h + ww * xs_w, mask=inside, other=0.0).to(CDT)
-    v = tl.zeros([BLOCK, KK], CDT) + v0
+    hh = oh[None, :] * S - P + (pos // K)[:, None]
+    ww = ow[None, :] * S - P + (pos % K)[:, None]
+    inside = mask[None, :] & (pos < K * K)[:, None] & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+    x = tl.load(x_ptr + (n * xs_n + c * xs_c)[None, :] + hh * xs_h + ww * xs_w, mask=inside, other=0.0).to(CDT)
+    v = tl.zeros([KK, BLOCK], CDT) + v0
     o_offs = n * os_n + c * os_c + oh * os_h + ow * os_w
     for t in range(T):
         h = _charge(v, x, k, rest, KIND, LOW, DT)
         s = h - th >= 0
         v = _after_reset(h, s, th_r, reset_r, HARD, LOW, DT)
         spikes = tl.where(inside, tl.where(s, 1.0, 0.0), -1.0)   # padding is below any spike: it never wins
-        best = tl.max(spikes, axis=1)
-        won = tl.min(tl.where(spikes == best[:, None], pos[None, :], KK), axis=1)
+        best = tl.max(spikes, axis=0)
+        won = tl.min(tl.where(spikes == best[None, :], pos[:, None], KK), axis=0)
         tl.store(out_ptr + o_offs, best.to(out_ptr.dtype.element_ty), mask=mask)
         tl.store(sel_ptr + o_offs, won.to(tl.int8), mask=mask)
         o_offs += os_t
@@ -81,14 +84,14 @@ def _backward_kernel(x_ptr, g_ptr, sel_ptr, gx_ptr, c_ptr, k_ptr, M, C, H, W, OH
     a = tl.load(c_ptr + 3)
     ha = tl.load(c_ptr + 4)
     x = tl.load(x_ptr + n * xs_n + c * xs_c + h * xs_h + w * xs_w, mask=mask, other=0.0).to(CDT)
-    # H[t] of this input at every step, recomputed into registers.
+    # H[t] of this input at every step, recomputed into registers ([TP, BLOCK]: each thread keeps its inputs' steps).
     steps = tl.arange(0, TP)
-    hs = tl.zeros([BLOCK, TP], CDT)
+    hs = tl.zeros([TP, BLOCK], CDT)
     v = tl.zeros([BLOCK], CDT) + v0
     for t in range(T):
         ht = _charge(v, x, k, rest, KIND, LOW, DT)
         v = _after_reset(ht, ht - th >= 0, th_r, reset_r, HARD, LOW, DT)
-        hs = tl.where(steps[None, :] == t, ht[:, None], hs)
+        hs = tl.where(steps[:, None] == t, ht[None, :], hs)
     # The windows that can hold this input: oh = (h + P) // S - i for i < WINDOWS (the same along w), kept where the
     # window exists and the input lies inside it; dh = h + P - oh * S is then its row in the window.
     g_nc = n * gs_n + c * gs_c
@@ -97,7 +100,7 @@ def _backward_kernel(x_ptr, g_ptr, sel_ptr, gx_ptr, c_ptr, k_ptr, M, C, H, W, OH
     gx = tl.zeros([BLOCK], CDT)
     for i in range(T):
         t = T - 1 - i
-        ht = tl.sum(tl.where(steps[None, :] == t, hs, 0.0), axis=1)
+        ht = tl.sum(tl.where(steps[:, None] == t, hs, 0.0), axis=0)
         go = tl.zeros([BLOCK], CDT)
         for wi in tl.static_range(WINDOWS):
             oh = (h + P) // S - wi

@@ -135,9 +135,10 @@ def _spike_pool_kernels():
     return _triton_spike_pool
 
 
-# Pooled outputs (forward) and inputs (backward) per program of the fused stem; each output holds its K x K window
-# (16 lanes for 3x3), each input its T values of H. Not tuned on a GPU yet.
-SPIKE_POOL_BLOCK = int(os.environ.get("DST_TRITON_SPIKE_POOL_BLOCK", "256"))
+# Pooled outputs (forward) and inputs (backward) per program of the fused stem. Forward tiles are [16, BLOCK] for a
+# 3x3 window (five of them live: x, V, H, S, spikes), so 128 keeps them in registers with 4 warps. Not yet measured
+# on a GPU; DST_TRITON_SPIKE_POOL_BLOCK overrides it (for tuning runs).
+SPIKE_POOL_BLOCK = int(os.environ.get("DST_TRITON_SPIKE_POOL_BLOCK", "128"))
 
 
 def _pow2(n: int) -> int:
