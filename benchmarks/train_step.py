@@ -4,8 +4,8 @@ fsnn_resnet18 without the AAP against SpikingJelly's SEW-ResNet-18 with the same
 T = 4, same batch and resolution (see steps.py), each as its library builds it by default (ours channels-last,
 SpikingJelly NCHW); and the AAP's overhead: fsnn_resnet18 with vs without the AAP.
 Like-for-like rows: both in NCHW (sj / ours-nchw) and both channels-last (sj-channels-last / ours), so the part of
-the ratio that is only the memory format is visible. Extra rows: bfloat16 autocast for both, and what the fused
-neurons bring (ours with the reference neuron loop).
+the ratio that is only the memory format is visible. Extra rows: bfloat16 autocast for both, what the fused
+neurons bring (ours with the reference neuron loop), and what the fused stem brings (ours-unfused-stem).
 
 OpenMP: dst is imported before torch (by common.py), as the `dst` command does, so both contestants run with dst's
 GOMP_SPINCOUNT default (dst/__init__.py; a user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY is kept). On CPU, ours and
@@ -74,6 +74,8 @@ def main(argv=None):
     for variant in ("ours-nchw", "ours-bf16"):
         if variant in times:
             pays[variant] = best_ratio(times["ours"], times[variant])  # > 1: the variant is faster
+    if "ours-unfused-stem" in times:  # > 1: the fused stem (which ours runs) pays
+        pays["fused stem (ours-unfused-stem / ours)"] = best_ratio(times["ours-unfused-stem"], times["ours"])
     like_for_like = {}
     for peer, mine, label in (("sj", "ours-nchw", "nchw: sj / ours-nchw"),
                               ("sj-channels-last", "ours", "channels-last: sj-channels-last / ours"),

@@ -94,8 +94,9 @@ def _backward_kernel(x_ptr, g_ptr, sel_ptr, gx_ptr, c_ptr, k_ptr, M, C, H, W, OH
         hs = tl.where(steps[:, None] == t, ht[None, :], hs)
     # The windows that can hold this input: oh = (h + P) // S - i for i < WINDOWS (the same along w), kept where the
     # window exists and the input lies inside it; dh = h + P - oh * S is then its row in the window.
-    g_nc = n * gs_n + c * gs_c
-    s_nc = n * ss_n + c * ss_c
+    last = (T - 1).to(tl.int64)                                 # int64 offsets: T * N * C * OH * OW may pass 2**31
+    g_t = n * gs_n + c * gs_c + last * gs_t                      # step t's (n, c) of dL/dS and of the winners
+    s_t = n * ss_n + c * ss_c + last * ss_t
     gv = tl.zeros([BLOCK], CDT)
     gx = tl.zeros([BLOCK], CDT)
     for i in range(T):
@@ -110,10 +111,12 @@ def _backward_kernel(x_ptr, g_ptr, sel_ptr, gx_ptr, c_ptr, k_ptr, M, C, H, W, OH
                 ow = (w + P) // S - wj
                 dw = w + P - ow * S
                 ok = row_ok & (ow >= 0) & (ow < OW) & (dw < K)
-                won = tl.load(sel_ptr + s_nc + t * ss_t + oh * ss_h + ow * ss_w, mask=ok, other=-1)
-                go += tl.load(g_ptr + g_nc + t * gs_t + oh * gs_h + ow * gs_w, mask=ok & (won == dh * K + dw),
+                won = tl.load(sel_ptr + s_t + oh * ss_h + ow * ss_w, mask=ok, other=-1)
+                go += tl.load(g_ptr + g_t + oh * gs_h + ow * gs_w, mask=ok & (won == dh * K + dw),
                               other=0.0).to(CDT)
         gh = _dl_dh(ht, go, gv, th, reset_r, a, ha, HARD, DETACH, SURROGATE, CDT)
         gxt, gv = _dl_dx_dv(gh, k, KIND)
         gx += gxt
+        g_t -= gs_t
+        s_t -= ss_t
     tl.store(gx_ptr + n * gxs_n + c * gxs_c + h * gxs_h + w * gxs_w, gx.to(gx_ptr.dtype.element_ty), mask=mask)
