@@ -1,12 +1,14 @@
-"""Connect functions g(s, d): truth tables, full-spike closure, the ADD baseline, lookup errors."""
+"""Connect functions g(s, d): truth tables, full-spike closure, the ADD baseline, lookup errors; the SEW block's
+junction (join): IAND's single graph node against the expressions."""
 from __future__ import annotations
 
+import io
 import itertools
 
 import pytest
 import torch
 
-from dst.connect import CONNECT_FUNCTIONS, SPIKE_ONLY, get_connect
+from dst.connect import CONNECT_FUNCTIONS, SPIKE_ONLY, IANDJunction, get_connect, join
 
 # (s, d) -> g(s, d), from PAPER.md: IAND d*(1-s), AND s*d, OR s+d-s*d, XOR d*(1-s)+s*(1-d), ADD s+d
 TRUTH = {
@@ -86,3 +88,82 @@ def test_gradients_flow_to_both_inputs(name):
     }[name]
     assert gs.tolist() == expect[0]
     assert gd.tolist() == expect[1]
+
+
+def _spikes(shape, p, seed, dtype, channels_last=False):
+    """Binary spikes; [T, N, C, H, W] channels-last per step (as the ResNets make them) if asked."""
+    g = torch.Generator().manual_seed(seed)
+    x = (torch.rand(shape, generator=g) < p).to(dtype)
+    if channels_last:
+        x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).unflatten(0, shape[:2])
+    return x
+
+
+def _junction_and_grads(fn, s, d, a, g_o, g_a):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (s, d) + (() if a is None else (a,))]
+    o, a_out = fn(*leaves)
+    outputs, grads = [o], [g_o]
+    if a_out is not None:
+        outputs.append(a_out)
+        grads.append(g_a)
+    return (o, a_out), torch.autograd.grad(outputs, leaves, grads), o.grad_fn
+
+
+@pytest.mark.parametrize("with_aap", [False, True], ids=["fsnn", "aap"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+def test_iand_junction_equals_the_expressions(with_aap, dtype):
+    """join(iand, ...) runs IANDJunction: bit-identical outputs and gradients to d * (1 - s) and a + s run by autograd
+    (spikes are binary, so d - d * s and the folded gradient sums are exact), layouts kept."""
+    shape = (4, 2, 6, 5, 3)
+    s, d = _spikes(shape, 0.4, 0, dtype), _spikes(shape, 0.6, 1, dtype, channels_last=True)   # layouts mixed
+    g = torch.Generator().manual_seed(2)
+    a = torch.randn(shape, generator=g).to(dtype) if with_aap else None
+    g_o, g_a = torch.randn(shape, generator=g).to(dtype), torch.randn(shape, generator=g).to(dtype)
+
+    got, grads, node = _junction_and_grads(lambda *t: join(CONNECT_FUNCTIONS["IAND"], *t), s, d, a, g_o, g_a)
+    want, grads_ref, _ = _junction_and_grads(lambda s, d, a=None: (d * (1.0 - s), None if a is None else a + s),
+                                             s, d, a, g_o, g_a)
+    assert type(node).__name__ == "IANDJunctionBackward"
+    assert torch.equal(got[0], want[0]) and got[0].dtype == dtype and got[0].stride() == (d * (1.0 - s)).stride()
+    assert (got[1] is None) == (a is None) and (a is None or torch.equal(got[1], want[1]))
+    for x, y in zip(grads, grads_ref):
+        assert x.dtype == y.dtype and torch.equal(x, y)
+
+
+def test_iand_junction_gradients_where_one_output_is_unused():
+    """Only a_out reaches the loss (or only o): the other output's gradient is zero, not an error."""
+    s, d = _spikes((3, 4), 0.5, 3, torch.float32), _spikes((3, 4), 0.5, 4, torch.float32)
+    a = torch.randn(3, 4, requires_grad=True)
+    s.requires_grad_(True)
+    d.requires_grad_(True)
+    o, a_out = IANDJunction.apply(s, d, a)
+    gs, gd, ga = torch.autograd.grad(a_out.sum(), [s, d, a])
+    assert torch.equal(gs, torch.ones_like(s)) and torch.equal(gd, torch.zeros_like(d)) and torch.equal(ga, gs)
+    o, _ = IANDJunction.apply(s, d, a)
+    gs, gd = torch.autograd.grad(o.sum(), [s, d])
+    assert torch.equal(gs, -d.detach()) and torch.equal(gd, 1 - s.detach())
+
+
+@pytest.mark.parametrize("name", ["AND", "OR", "XOR", "ADD"])
+def test_other_connects_join_as_expressions(name):
+    s, d, a = torch.tensor([0.0, 1.0, 0.0, 1.0]), torch.tensor([0.0, 0.0, 1.0, 1.0]), torch.arange(4.0)
+    o, a_out = join(get_connect(name), s, d, a)
+    assert o.tolist() == [TRUTH[name][p] for p in [(0, 0), (1, 0), (0, 1), (1, 1)]]
+    assert a_out.tolist() == [0.0, 2.0, 2.0, 4.0] and join(get_connect(name), s, d)[1] is None
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # torch.jit, which the TorchScript export uses
+def test_iand_junction_traces_as_plain_ops():
+    """Under tracing (the TorchScript export) IAND runs as the expression: the trace saves and loads (a Python
+    autograd node in it could not be saved) and computes the same."""
+    class Junction(torch.nn.Module):
+        def forward(self, s, d):
+            return join(CONNECT_FUNCTIONS["IAND"], s, d)[0]
+
+    s, d = _spikes((2, 3), 0.5, 5, torch.float32), _spikes((2, 3), 0.5, 6, torch.float32)
+    traced = torch.jit.trace(Junction(), (s, d))
+    assert "IANDJunction" not in str(traced.graph)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer)
+    buffer.seek(0)
+    assert torch.equal(torch.jit.load(buffer)(s, d), d * (1 - s))

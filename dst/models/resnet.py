@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dst.connect import get_connect
+from dst.connect import get_connect, join
 from dst.kernels.spike_pool import spike_maxpool
 from dst.layers import MultiStep, conv_bn
 from dst.models.base import DualStreamNet, neuron_factory
@@ -41,9 +41,9 @@ class SEWBlock(nn.Module):
     def forward(self, o: torch.Tensor, a: torch.Tensor | None = None):
         s = self.residual(o)
         d = o if self.downsample is None else self.downsample(o)
-        if a is not None:
-            a = (a if self.aap_transition is None else self.aap_transition(a)) + s
-        return self.connect(s, d), a
+        if a is not None and self.aap_transition is not None:
+            a = self.aap_transition(a)
+        return join(self.connect, s, d, a)
 
     def extra_repr(self) -> str:
         return f"connect={self.connect_name}"
