@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, environment, table  # noqa: E402
 
-CONTESTANTS = ["ours", "sj", "ours-aap", "ours-reference-neurons", "ours-unfused-stem", "ours-bf16", "sj-bf16"]
+CONTESTANTS = ["ours", "sj", "ours-aap", "ours-reference-neurons", "ours-unfused-stem", "ours-fused-stem", "ours-bf16",
+               "sj-bf16"]
 
 
 def _status_kib(field: str) -> int:

@@ -9,8 +9,8 @@ sj        SpikingJelly 2.0's sew_resnet18 with the same connect function (cnf='I
 Variants (to check what pays rather than assume it, and to compare like with like): ours in NCHW (channels_last=False)
 against sj, SpikingJelly converted to channels-last against ours, bfloat16 autocast for both, and ours with the
 reference neuron loop (backend="torch") to show what the fused kernels bring to a whole step, and ours with the stem's
-neuron and max pool run as two modules (a no-op hook on the neuron turns their fusion off, dst/kernels/spike_pool.py)
-to show what the fused stem brings.
+neuron and max pool run as two modules or as one fused kernel (fused_stem=False / True; the default fuses on CPU
+only, dst/kernels/spike_pool.py) to show what the fused stem brings.
 All use SGD(lr=0.1, momentum=0.9, weight_decay=1e-5), the paper's recipe.
 """
 from __future__ import annotations
@@ -35,15 +35,14 @@ def _batch(batch: int, res: int, device: str):
 
 def ours_step(T: int, batch: int, res: int, device: str, aap: bool = False, channels_last: bool = True,
               bf16: bool = False, backend: str = "auto",
-              fused_stem: bool = True) -> tuple[Callable[[], float], torch.nn.Module]:
+              fused_stem: bool | None = None) -> tuple[Callable[[], float], torch.nn.Module]:
     from dst.loss import DSTLoss
     from dst.models import create_model
     torch.manual_seed(0)
     model = create_model("fsnn_resnet18", T=T, connect="IAND", aap=aap, neuron="if",
-                         neuron_kwargs={"backend": backend}, channels_last=channels_last).to(device)
+                         neuron_kwargs={"backend": backend}, channels_last=channels_last,
+                         fused_stem=fused_stem).to(device)
     model.train()
-    if not fused_stem:  # anything watching the stem's neuron makes spike_maxpool run the modules apart
-        model.stem_neuron.register_forward_hook(lambda module, args, out: None)
     opt = torch.optim.SGD(model.parameters(), **SGD)
     loss_fn = DSTLoss()
     x, y = _batch(batch, res, device)
@@ -102,6 +101,7 @@ STEPS = {
     "sj-bf16": lambda T, b, r, d: sj_step(T, b, r, d, bf16=True),
     "ours-reference-neurons": lambda T, b, r, d: ours_step(T, b, r, d, backend="torch"),
     "ours-unfused-stem": lambda T, b, r, d: ours_step(T, b, r, d, fused_stem=False),
+    "ours-fused-stem": lambda T, b, r, d: ours_step(T, b, r, d, fused_stem=True),
 }
 
 

@@ -31,6 +31,8 @@ class ModelConfig(Section):
     zero_init_residual: bool | None = None
     channels_last: bool | None = Field(None, description="None: the model's default (the ResNets run channels-last; "
                                                          "the DVS nets have no such option)")
+    fused_stem: bool | None = Field(None, description="the ResNet stem's neuron + max pool as one kernel: None: on "
+                                                      "CPU only; true: also on CUDA (Triton); false: never")
 
     @field_validator("name")
     @classmethod

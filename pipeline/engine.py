@@ -51,6 +51,8 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
         kw["zero_init_residual"] = m.zero_init_residual
     if m.channels_last is not None:
         kw["channels_last"] = m.channels_last
+    if m.fused_stem is not None:
+        kw["fused_stem"] = m.fused_stem
     return kw
 
 

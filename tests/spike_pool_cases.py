@@ -19,10 +19,10 @@ def max_pool(k, s, p):
     return MultiStep(nn.MaxPool2d(k, stride=s, padding=p))
 
 
-def run(neuron, pool, x, T, upstream_seed=1):
-    """(pooled spikes, dL/dx, the graph node that made the spikes) of spike_maxpool, for L = sum(spikes * a fixed
-    random upstream)."""
-    return _run(lambda xx: spike_pool.spike_maxpool(neuron, pool, xx, T), x, upstream_seed)
+def run(neuron, pool, x, T, upstream_seed=1, fused=None):
+    """(pooled spikes, dL/dx, the graph node that made the spikes) of spike_maxpool(..., fused), for L = sum(spikes *
+    a fixed random upstream)."""
+    return _run(lambda xx: spike_pool.spike_maxpool(neuron, pool, xx, T, fused), x, upstream_seed)
 
 
 def run_unfused(neuron, pool, x, T, upstream_seed=1):

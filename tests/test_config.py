@@ -93,3 +93,15 @@ def test_model_memory_format_reaches_the_model(tmp_path):
     dvs = dict(MINIMAL, model={"name": "fsnn_7b_net", "channels_last": True})
     with pytest.raises(UsageError, match="model fsnn_7b_net: .*channels_last"):
         build_model(load_config(write(tmp_path, dvs)), 11)
+
+
+def test_model_fused_stem_reaches_the_model(tmp_path):
+    """model.fused_stem: unset leaves the model's default (None: fused on CPU only), set it is passed on."""
+    from pipeline.engine import build_model
+    assert build_model(load_config(write(tmp_path, MINIMAL)), 10).fused_stem is None
+    for value in (True, False):
+        model = build_model(load_config(write(tmp_path, MINIMAL), [f"model.fused_stem={str(value).lower()}"]), 10)
+        assert model.fused_stem is value
+    dvs = dict(MINIMAL, model={"name": "fsnn_7b_net", "fused_stem": True})
+    with pytest.raises(UsageError, match="model fsnn_7b_net: .*fused_stem"):
+        build_model(load_config(write(tmp_path, dvs)), 11)

@@ -77,8 +77,8 @@ def test_stem_sized_input_on_several_threads():
     torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("case", ["nchw", "bf16", "plif", "torch-backend", "ceil-mode", "avg-pool", "forward-hook",
-                                  "pool-hook", "backward-hook", "global-hook"])
+@pytest.mark.parametrize("case", ["nchw", "bf16", "plif", "torch-backend", "ceil-mode", "avg-pool", "fused-false",
+                                  "forward-hook", "pool-hook", "backward-hook", "global-hook"])
 def test_falls_back_to_the_modules(case):
     """Where the kernel does not apply, or something watches the modules, the modules run (and their hooks fire)."""
     neuron = make_neuron("plif" if case == "plif" else "if", "torch" if case == "torch-backend" else "auto")
@@ -101,7 +101,7 @@ def test_falls_back_to_the_modules(case):
     elif case == "global-hook":
         handle = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(o))
     try:
-        y, _, node = _run(neuron, pool, x, 4)
+        y, _, node = _run(neuron, pool, x, 4, fused=False if case == "fused-false" else None)
     finally:
         if handle is not None:
             handle.remove()
@@ -122,14 +122,16 @@ def test_serial_build_matches(monkeypatch):
 
 
 def test_model_stem_runs_fused_and_equals_the_watched_model():
-    """fsnn_resnet18 (channels-last): its stem runs the fused kernel, and a hook on the stem's neuron (which makes it
-    run unfused) changes neither the output nor the gradients beyond summation order."""
+    """fsnn_resnet18 (channels-last): its stem runs the fused kernel, and a hook on the stem's neuron or
+    fused_stem=False (either makes it run unfused) changes neither the output nor the gradients beyond summation
+    order."""
     torch.manual_seed(0)
     model = create_model("fsnn_resnet18", T=2, num_classes=10, aap=False)
     x = torch.randn(2, 3, 48, 48, generator=torch.Generator().manual_seed(0)) * 3
 
-    def step(watch: bool):
+    def step(watch: bool, fused_stem=None):
         seen = {}
+        model.fused_stem = fused_stem
 
         def record_node(module, args):
             seen["node"] = type(args[0].grad_fn).__name__
@@ -146,9 +148,9 @@ def test_model_stem_runs_fused_and_equals_the_watched_model():
         return logits.detach(), grads, seen["node"]
 
     z, grads, node = step(watch=False)
-    z_ref, grads_ref, node_ref = step(watch=True)
-    assert node == "FusedSpikeMaxPoolBackward" and node_ref != node
-    torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
-    assert grads.keys() == grads_ref.keys() and "stem_conv.parametrizations.weight.original" in grads
-    for name in grads:
-        torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)
+    for z_ref, grads_ref, node_ref in (step(watch=True), step(watch=False, fused_stem=False)):
+        assert node == "FusedSpikeMaxPoolBackward" and node_ref != node
+        torch.testing.assert_close(z, z_ref, rtol=1e-5, atol=1e-5)
+        assert grads.keys() == grads_ref.keys() and "stem_conv.parametrizations.weight.original" in grads
+        for name in grads:
+            torch.testing.assert_close(grads[name], grads_ref[name], rtol=1e-4, atol=1e-5, msg=name)

@@ -45,7 +45,7 @@ def _input(shape, dtype=torch.float32, seed=0, scale=1.0, channels_last=True):
 def _check(name, pool, x, T, reference_loop=True, **kw):
     """Fused = the unfused modules on the Triton neuron, bit for bit in the spikes; for float32/float64 also = the
     reference loop. Gradients within the dtype's tolerance. Returns the fused spikes and dL/dx."""
-    y, gx, node = run(_neuron(name, dtype=x.dtype, **kw), pool, x, T)
+    y, gx, node = run(_neuron(name, dtype=x.dtype, **kw), pool, x, T, fused=True)
     assert node == FUSED
     y_unfused, gx_unfused, node_unfused = run_unfused(_neuron(name, dtype=x.dtype, **kw), pool, x, T)
     assert node_unfused != FUSED
@@ -97,7 +97,7 @@ def test_falls_back_to_the_modules(case):
     handle = neuron.register_forward_hook(lambda m, i, o: seen.append(o)) if case == "forward-hook" else None
     x = _input((2, 4, 8, 8))
     try:
-        y, _, node = run(neuron, pool, x, 4)
+        y, _, node = run(neuron, pool, x, 4, fused=True)
     finally:
         if handle is not None:
             handle.remove()
@@ -111,8 +111,17 @@ def test_model_stem_runs_fused():
     from dst.models import create_model
     model = create_model("fsnn_resnet18", T=2, num_classes=5, neuron_kwargs={"backend": "triton"}).to(DEVICE)
     x = model.stem_bn(model.stem_conv(_input((2, 3, 32, 32), seed=4).contiguous(memory_format=torch.channels_last)))
-    y, _, node = run(model.stem_neuron, model.maxpool, x, 2)
+    y, _, node = run(model.stem_neuron, model.maxpool, x, 2, fused=True)
     assert node == FUSED and torch.equal(y, run_unfused(model.stem_neuron, model.maxpool, x, 2)[0])
+
+
+@pytest.mark.parametrize("fused", [None, False])
+def test_not_fused_unless_asked(fused):
+    """Not yet run on a GPU, the Triton kernels are not the default: fused=None (and False) runs the modules."""
+    x = _input((2, 4, 8, 8))
+    y, _, node = run(_neuron("if"), max_pool(3, 2, 1), x, 4, fused=fused)
+    assert node != FUSED
+    assert torch.equal(y, run(_neuron("if"), max_pool(3, 2, 1), x, 4, fused=True)[0])
 
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="a size that only makes sense on a GPU")

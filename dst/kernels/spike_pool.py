@@ -3,9 +3,10 @@
     o = spike_maxpool(model.stem_neuron, model.maxpool, bn_out, T)
 
 Two implementations, picked by the neuron's backend ("auto": the device's own):
-- numba (CPU): channels-last float32/float64 (dst/kernels/_numba_spike_pool.py);
+- numba (CPU): channels-last float32/float64 (dst/kernels/_numba_spike_pool.py); on by default;
 - triton (CUDA, or CPU tensors under TRITON_INTERPRET=1 for tests): any layout, float32/float64/bfloat16/float16
-  (dst/kernels/_triton_spike_pool.py).
+  (dst/kernels/_triton_spike_pool.py). Tested through Triton's interpreter but not yet run on a GPU, so it runs only
+  when asked for (fused=True; the ResNets' fused_stem=True) until benchmarks/gpu_check.sh has measured it there.
 The same spikes (bit for bit) and gradients (up to summation order) as the two modules run one after the other,
 which is what runs whenever a fused kernel does not apply: a backend or device without one (the reference loop,
 eager, numba without numba installed, a CPU tensor that is not channels-last float32/float64), PLIF's learned
@@ -102,14 +103,16 @@ class NumbaSpikePool:
 _IMPLS = {"numba": NumbaSpikePool, "triton": TritonSpikePool}
 
 
-def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor):
+def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, fused: bool | None):
     """(the implementation, the neuron's spec, its decay k or None, the pool's (kernel, stride, padding)) where a
-    fused kernel applies, else None."""
+    fused kernel applies and is wanted (see spike_maxpool), else None."""
     from dst.neuron import MultiStepLIF, _tracing
     backend = getattr(neuron, "backend", None)
     if backend == "auto":
         backend = "triton" if x.is_cuda else "numba"
     impl = _IMPLS.get(backend)
+    if fused is False or (impl is TritonSpikePool and fused is not True):
+        return None
     if impl is None or _tracing() or x.dim() != 4 or not impl.supports(x):
         return None
     spec = neuron_spec(neuron)
@@ -125,9 +128,13 @@ def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor):
     return impl, spec, decay, geometry
 
 
-def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int) -> torch.Tensor:
-    """pool(neuron(x, repeat=T)) for x [N, C, H, W] presented at each of T steps: pooled spikes [T, N, C, OH, OW]."""
-    fusable = _fusable(neuron, pool, x)
+def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int,
+                  fused: bool | None = None) -> torch.Tensor:
+    """pool(neuron(x, repeat=T)) for x [N, C, H, W] presented at each of T steps: pooled spikes [T, N, C, OH, OW].
+
+    fused: None runs the fused kernel where it is on by default (numba, on CPU), True also where it is not yet
+    (Triton), False never; wherever the kernel cannot run, the modules do."""
+    fusable = _fusable(neuron, pool, x, fused)
     if fusable is None or T < 1:
         return pool(neuron(x, repeat=T))
     impl, spec, decay, (k, s, p) = fusable

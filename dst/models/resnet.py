@@ -87,11 +87,15 @@ class SpikingResNet(DualStreamNet):
     weights are stored channels-last as well (dst/models/channels_last.py: no weight reorder on every call). Measured in
     benchmarks/train_step.py (fsnn_resnet18, T=4): a training step ran 1.09x faster than NCHW on a 2-core CPU (batch 8,
     128 px; 580 vs 630 ms, with the stored weights), and 1.29x on an H200 (batch 64, 224 px; measured before the
-    weights were stored channels-last). Results equal NCHW's up to float rounding."""
+    weights were stored channels-last). Results equal NCHW's up to float rounding.
+
+    fused_stem: the stem's neuron and max pool as one kernel each way (dst/kernels/spike_pool.py): None where that is
+    the default (CPU), True also on CUDA (Triton; not yet measured on a GPU), False never."""
 
     def __init__(self, block: str, layers: list[int], *, num_classes: int = 1000, T: int = 4, connect: str = "IAND",
                  aap: bool = True, neuron: str = "if", neuron_kwargs: dict | None = None,
-                 zero_init_residual: bool = False, style: str = "sew", channels_last: bool = True):
+                 zero_init_residual: bool = False, style: str = "sew", channels_last: bool = True,
+                 fused_stem: bool | None = None):
         super().__init__()
         if block not in ("basic", "bottleneck"):
             raise ValueError(f"block must be 'basic' or 'bottleneck', got {block!r}")
@@ -104,6 +108,7 @@ class SpikingResNet(DualStreamNet):
         get_connect(connect)  # validate early
         self.T, self.aap, self.style, self.connect = T, bool(aap), style, connect.upper()
         self.channels_last = bool(channels_last)
+        self.fused_stem = fused_stem
         make_neuron = neuron_factory(neuron, neuron_kwargs)
         expansion = 1 if block == "basic" else 4
 
@@ -159,7 +164,7 @@ class SpikingResNet(DualStreamNet):
             x = x.contiguous(memory_format=torch.channels_last)
         # The stem sees the same analog image at every step: conv+BN run once, the neuron repeats it over T (and,
         # where it can, one fused kernel runs neuron and pool: the same as pool(neuron(...)), see spike_maxpool).
-        o = spike_maxpool(self.stem_neuron, self.maxpool, self.stem_bn(self.stem_conv(x)), self.T)
+        o = spike_maxpool(self.stem_neuron, self.maxpool, self.stem_bn(self.stem_conv(x)), self.T, self.fused_stem)
         a = o if with_aap else None
         for blk in self.blocks:
             o, a = blk(o, a)
