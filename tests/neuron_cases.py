@@ -2,6 +2,9 @@
 tests/test_kernels_triton.py: Triton on a GPU or interpreted). Not collected: no test_ prefix."""
 from __future__ import annotations
 
+import os
+
+import pytest
 import torch
 
 from dst import neuron as dn
@@ -18,6 +21,20 @@ NEURONS = {
 # dtype, the kernels compute backward in float32.
 TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float64: dict(rtol=1e-10, atol=1e-12),
        torch.bfloat16: dict(rtol=5e-2, atol=5e-2), torch.float16: dict(rtol=1e-2, atol=1e-2)}
+
+
+def triton_test_device() -> str:
+    """Where a Triton test module runs: "cuda" on a GPU, or "cpu" through Triton's interpreter (TRITON_INTERPRET=1
+    with DST_TRITON_TEST_DEVICE=cpu, as tests/test_kernels.py runs the modules); anywhere else the module is skipped.
+    Call it at module level."""
+    from dst.kernels.triton_impl import interpreting
+    device = os.environ.get("DST_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
+    if device == "cpu" and not interpreting():
+        device = ""
+    if not device:
+        pytest.skip("needs a CUDA device, or TRITON_INTERPRET=1 with DST_TRITON_TEST_DEVICE=cpu (tests/test_kernels.py "
+                    "runs it so)", allow_module_level=True)
+    return device
 
 
 def make_neuron(name, backend, **kw):

@@ -6,8 +6,6 @@ DST_TRITON_TEST_DEVICE=cpu (the interpreter must be switched on before Triton is
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
@@ -16,16 +14,10 @@ triton = pytest.importorskip("triton")
 from dst import kernels  # noqa: E402
 from dst import neuron as dn  # noqa: E402
 from dst.kernels.spec import neuron_spec  # noqa: E402
-from dst.kernels.triton_impl import interpreting  # noqa: E402
 import neuron_cases as cases  # noqa: E402
-from neuron_cases import NEURONS, TOL, spikes_and_grads  # noqa: E402
+from neuron_cases import NEURONS, TOL, spikes_and_grads, triton_test_device  # noqa: E402
 
-DEVICE = os.environ.get("DST_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
-if DEVICE == "cpu" and not interpreting():
-    DEVICE = ""
-if not DEVICE:
-    pytest.skip("needs a CUDA device, or TRITON_INTERPRET=1 with DST_TRITON_TEST_DEVICE=cpu (tests/test_kernels.py "
-                "runs it so)", allow_module_level=True)
+DEVICE = triton_test_device()
 pytestmark = pytest.mark.gpu
 
 INTERPRETER_BF16_ROUNDING = DEVICE == "cpu"

@@ -7,26 +7,17 @@ DST_TRITON_TEST_DEVICE=cpu. Without either, it skips.
 """
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 from torch import nn
 
 triton = pytest.importorskip("triton")
 
-from dst.kernels import spike_pool  # noqa: E402
-from dst.kernels.triton_impl import interpreting  # noqa: E402
 from dst.layers import MultiStep  # noqa: E402
-from neuron_cases import TOL, make_neuron  # noqa: E402
+from neuron_cases import TOL, make_neuron, triton_test_device  # noqa: E402
 from spike_pool_cases import max_pool, run, run_unfused, stem_input  # noqa: E402
 
-DEVICE = os.environ.get("DST_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
-if DEVICE == "cpu" and not interpreting():
-    DEVICE = ""
-if not DEVICE:
-    pytest.skip("needs a CUDA device, or TRITON_INTERPRET=1 with DST_TRITON_TEST_DEVICE=cpu (tests/test_kernels.py "
-                "runs it so)", allow_module_level=True)
+DEVICE = triton_test_device()
 pytestmark = pytest.mark.gpu
 
 FUSED = "FusedSpikeMaxPoolBackward"

@@ -1,8 +1,6 @@
 """MLflow tracking: a transient failure during training is retried and never raises; non-zero ranks log nothing."""
 import logging
 
-import pytest
-
 from pipeline.config import config_from_dict
 from pipeline.tracking import Tracker, run_tags
 

@@ -65,7 +65,6 @@ def _watched(*modules: nn.Module) -> bool:
 
 class NumbaSpikePool:
     """CPU: the numba kernels (dst/kernels/_numba_spike_pool.py) on channels-last float32/float64 tensors."""
-    name = "numba"
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:

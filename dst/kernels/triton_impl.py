@@ -148,7 +148,6 @@ def _pow2(n: int) -> int:
 class TritonSpikePool:
     """The stem's neuron fused with the max pool after it, on CUDA (dst/kernels/_triton_spike_pool.py); any layout,
     float32/float64/bfloat16/float16. The launch side of dst.kernels.spike_pool."""
-    name = "triton"
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
