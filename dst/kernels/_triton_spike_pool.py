@@ -22,21 +22,21 @@ from dst.kernels._triton_kernels import _after_reset, _block, _charge, _dl_dh, _
 
 @triton.jit
 def _decode(offs, C, H, W, LAST_C: tl.constexpr):
-    """(n, c, h, w) of flat element indices numbered in memory order."""
+    """(n, c, h, w) of flat element indices numbered in memory order: [N, H, W, C] or [N, C, H, W]."""
     if LAST_C:
-        c = offs % C
-        r = offs // C
-        w = r % W
-        r = r // W
-        h = r % H
-        n = r // H
+        inner, middle, outer = C, W, H
     else:
-        w = offs % W
-        r = offs // W
-        h = r % H
-        r = r // H
-        c = r % C
-        n = r // C
+        inner, middle, outer = W, H, C
+    i = offs % inner
+    r = offs // inner
+    j = r % middle
+    r = r // middle
+    k = r % outer
+    n = r // outer
+    if LAST_C:
+        c, w, h = i, j, k
+    else:
+        w, h, c = i, j, k
     return n, c, h, w
 
 
