@@ -18,11 +18,11 @@ fi
   python3 -c "import torch, triton, sys; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__)"
   date -Is; } 2>&1 | tee "$OUT/gpu.txt"
 t0=$SECONDS
-timeout 140 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_kernels_triton.py tests/test_spike_pool_triton.py > "$OUT/tests.log" 2>&1
+timeout 200 python3 -m pytest -q -m gpu -n 8 -p no:cacheprovider tests/test_kernels_triton.py tests/test_spike_pool_triton.py > "$OUT/tests.log" 2>&1
 echo "tests rc=$? ($((SECONDS - t0)) s): $(tail -1 "$OUT/tests.log")" | tee -a "$OUT/gpu.txt"
 t0=$SECONDS
-timeout ${BENCH_TIMEOUT:-200} python3 benchmarks/run_all.py --only neuron train-step memory --device cuda \
-  --out "$OUT" --timeout 120 > "$OUT/bench.log" 2>&1
+timeout ${BENCH_TIMEOUT:-300} python3 benchmarks/run_all.py --only neuron train-step memory --device cuda \
+  --out "$OUT" --timeout 180 > "$OUT/bench.log" 2>&1
 echo "bench rc=$? ($((SECONDS - t0)) s)" | tee -a "$OUT/gpu.txt"
 grep -E "^(\||->|==|SpikingJelly)" "$OUT/bench.log" | tail -60
 grep -E "FAILED|Error" "$OUT/tests.log" | head -20
