@@ -4,7 +4,9 @@ Triton's interpreter (tests/test_kernels_triton.py, tests/test_spike_pool_triton
 but never runs the GPU compiler, which is where type, layout and reduction errors surface. Here every kernel is
 compiled ahead of time, through Triton's NVIDIA backend and the ptxas that ships with Triton, to a cubin: in the
 configurations the launchers use (dst/kernels/triton_impl.py), for each float dtype, both memory layouts of the
-fused stem, and the constexpr branches (neuron kind, reset, surrogate, detach, learned decay).
+fused stem, and the constexpr branches (neuron kind, reset, surrogate, detach, learned decay), with the launchers'
+compile options (dst.kernels.triton_impl.LAUNCH_OPTIONS). The forward kernels must hold no fused multiply-add: eager
+PyTorch rounds every product and sum apart, and the spikes must be the reference loop's bit for bit.
 """
 from __future__ import annotations
 
@@ -16,9 +18,6 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 import triton.language as tl  # noqa: E402
-
-# Triton >= 3.9 warns once that its FP-fusion default will change; the kernels compile either way.
-pytestmark = pytest.mark.filterwarnings("ignore:TRITON_DEFAULT_FP_FUSION")
 
 H200 = GPUTarget("cuda", 90, 32)
 DTYPES = {"fp32": (tl.float32, "fp32"), "bf16": (tl.bfloat16, "fp32"), "fp16": (tl.float16, "fp32"),
@@ -42,9 +41,10 @@ def _compile(kernel, dtype: str, **constexprs):
             signature[name] = "i32"
     constexprs = dict(constexprs, LOW=dtype in ("bf16", "fp16"), DT=tdt, CDT=getattr(tl, {"fp32": "float32",
                                                                                        "fp64": "float64"}[cdt]))
+    from dst.kernels.triton_impl import LAUNCH_OPTIONS
     source = ASTSource(fn=kernel, signature=signature, constexprs=constexprs)
     try:
-        return triton.compile(source, target=H200, options={"num_warps": 4})
+        return triton.compile(source, target=H200, options=dict(LAUNCH_OPTIONS))
     except FileNotFoundError as e:   # a Triton build without the NVIDIA toolchain (ptxas)
         pytest.skip(f"Triton cannot compile for CUDA here: {e}")
 
@@ -63,7 +63,7 @@ def _spike_pool_kernels():
 @pytest.mark.parametrize("kind, hard", [(0, True), (1, False), (2, True)], ids=["if-hard", "lif-soft", "lif-nodecay"])
 def test_neuron_forward_compiles(dtype, kind, hard):
     k = _compile(_neuron_kernels()._forward_kernel, dtype, KIND=kind, HARD=hard, BLOCK=1024)
-    assert k.asm["cubin"]
+    assert k.asm["cubin"] and "fma." not in k.asm["ptx"]
 
 
 @pytest.mark.parametrize("dtype", ["fp32", "bf16", "fp64"])
@@ -88,4 +88,4 @@ def test_fused_stem_compiles(dtype, last_c, geometry):
                        HARD=True, BLOCK=SPIKE_POOL_BLOCK)
     backward = _compile(kernels._backward_kernel, dtype, K=k, S=s, P=p, WINDOWS=-(-k // s), TP=_pow2(4),
                         LAST_C=last_c, KIND=0, HARD=False, DETACH=False, SURROGATE=1, BLOCK=SPIKE_POOL_BLOCK)
-    assert forward.asm["cubin"] and backward.asm["cubin"]
+    assert forward.asm["cubin"] and backward.asm["cubin"] and "fma." not in forward.asm["ptx"]

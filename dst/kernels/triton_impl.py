@@ -21,6 +21,10 @@ from dst.kernels.spec import NeuronSpec
 # Elements per program and warps per program; DST_TRITON_BLOCK / DST_TRITON_WARPS override them (for tuning runs).
 BLOCK = int(os.environ.get("DST_TRITON_BLOCK", "1024"))
 NUM_WARPS = int(os.environ.get("DST_TRITON_WARPS", "4"))
+# Compile options of every launch. No FP fusion: Triton would contract LIF's (X - (V - rest)) * k + V into one fused
+# multiply-add, rounded once, where eager PyTorch rounds the product and the sum apart; a spike at the threshold could
+# then differ from the reference loop's (tests/test_triton_compile.py checks the forward PTX has no fma).
+LAUNCH_OPTIONS = dict(num_warps=NUM_WARPS, enable_fp_fusion=False)
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,7 +111,7 @@ class TritonImpl:
         _kernels()._forward_kernel[(_programs(layout.M),)](
             rows, out_rows, _cached_constants(spec, x.dtype, x.device), _k_tensor(k, x.dtype, x.device),
             layout.M, row_stride(rows), layout.T,
-            KIND=spec.kind, HARD=spec.hard, **_dtype_args(x.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
+            KIND=spec.kind, HARD=spec.hard, **_dtype_args(x.dtype), BLOCK=BLOCK, **LAUNCH_OPTIONS)
         return out
 
     @staticmethod
@@ -124,7 +128,7 @@ class TritonImpl:
                 rows, g_rows, gx_rows, _cached_constants(spec, x.dtype, x.device), _k_tensor(k, x.dtype, x.device),
                 partial, layout.M, row_stride(rows), row_stride(g_rows), layout.T,
                 KIND=spec.kind, HARD=spec.hard, DETACH=spec.detach_reset, SURROGATE=spec.surrogate_id,
-                LEARN_K=spec.learn_k, **_dtype_args(x.dtype), BLOCK=BLOCK, num_warps=NUM_WARPS)
+                LEARN_K=spec.learn_k, **_dtype_args(x.dtype), BLOCK=BLOCK, **LAUNCH_OPTIONS)
         gk = partial.sum(dtype=torch.float64) if spec.learn_k else None
         return gx, gk
 
@@ -173,7 +177,7 @@ class TritonSpikePool:
                 x, out, sel, _cached_constants(spec, x.dtype, x.device), _k_tensor(decay, x.dtype, x.device),
                 M, C, H, W, OH, OW, T, *x.stride(), *out.stride(),
                 K=k, S=s, P=p, KK=_pow2(k * k), LAST_C=last_c, KIND=spec.kind, HARD=spec.hard,
-                **_dtype_args(x.dtype), BLOCK=SPIKE_POOL_BLOCK, num_warps=NUM_WARPS)
+                **_dtype_args(x.dtype), BLOCK=SPIKE_POOL_BLOCK, **LAUNCH_OPTIONS)
         return out, sel
 
     @staticmethod
@@ -189,5 +193,5 @@ class TritonSpikePool:
                 *x.stride(), *grad_out.stride(), *sel.stride(), *gx.stride(),
                 K=k, S=s, P=p, WINDOWS=-(-k // s), TP=_pow2(T), LAST_C=TritonSpikePool._last_c(x), KIND=spec.kind,
                 HARD=spec.hard, DETACH=spec.detach_reset, SURROGATE=spec.surrogate_id, **_dtype_args(x.dtype),
-                BLOCK=SPIKE_POOL_BLOCK, num_warps=NUM_WARPS)
+                BLOCK=SPIKE_POOL_BLOCK, **LAUNCH_OPTIONS)
         return gx
