@@ -167,3 +167,19 @@ def test_iand_junction_traces_as_plain_ops():
     torch.jit.save(traced, buffer)
     buffer.seek(0)
     assert torch.equal(torch.jit.load(buffer)(s, d), d * (1 - s))
+
+
+@pytest.mark.parametrize("model_name, aap, node", [("fsnn_resnet18", True, "IANDJunctionBackward"),
+                                                   ("fsnn_resnet18", False, "IANDJunctionBackward"),
+                                                   ("fsnn_7b_net", True, "IANDJunctionBackward"),
+                                                   ("sew_resnet18", False, "AddBackward0")])
+def test_sew_blocks_join_through_one_node(model_name, aap, node):
+    """The models' SEW blocks go through join: IAND blocks (with or without the AAP) as one IANDJunction node."""
+    from dst.models import create_model
+    model = create_model(model_name, num_classes=3, aap=aap)
+    seen = []
+    block = next(m for m in model.modules() if type(m).__name__ == "SEWBlock")
+    block.register_forward_hook(lambda m, args, out: seen.append((type(out[0].grad_fn).__name__, out[1] is None)))
+    x = torch.rand(1, 2, 2, 16, 16) if model_name == "fsnn_7b_net" else torch.rand(1, 3, 32, 32)
+    model(x)
+    assert seen[0] == (node, not aap)
