@@ -10,8 +10,8 @@ Implementations (all checked against `MultiStepNeuron.multistep_reference`, the 
 "auto" picks triton on CUDA when Triton is installed, numba on CPU, and eager otherwise.
 Large CPU outputs are backed by transparent huge pages where the system allows it (dst/kernels/memory.py).
 The neurons choose with their `backend` argument ("auto" by default, "torch" for the reference loop).
-dst.kernels.spike_pool fuses the ResNet stem's neuron with the max pool after it (numba on CPU, Triton on CUDA;
-tests/test_spike_pool*.py).
+dst.kernels.spike_pool fuses the ResNet stem's neuron with the max pool after it (numba on CPU; Triton on CUDA when
+asked for, until it has been measured on a GPU; tests/test_spike_pool*.py).
 """
 from __future__ import annotations
 
