@@ -65,6 +65,7 @@ def _watched(*modules: nn.Module) -> bool:
 
 class NumbaSpikePool:
     """CPU: the numba kernels (dst/kernels/_numba_spike_pool.py) on channels-last float32/float64 tensors."""
+    by_default = True   # measured: benchmarks/results/latest.md (ours-unfused-stem, ours-fused-stem)
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
@@ -110,9 +111,9 @@ def _fusable(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, fused: bool | 
     if backend == "auto":
         backend = "triton" if x.is_cuda else "numba"
     impl = _IMPLS.get(backend)
-    if fused is False or (impl is TritonSpikePool and fused is not True):
+    if impl is None or fused is False or (fused is None and not impl.by_default):
         return None
-    if impl is None or _tracing() or x.dim() != 4 or not impl.supports(x):
+    if _tracing() or x.dim() != 4 or not impl.supports(x):
         return None
     spec = neuron_spec(neuron)
     geometry = _plain_max_pool(pool)
@@ -131,8 +132,8 @@ def spike_maxpool(neuron: nn.Module, pool: nn.Module, x: torch.Tensor, T: int,
                   fused: bool | None = None) -> torch.Tensor:
     """pool(neuron(x, repeat=T)) for x [N, C, H, W] presented at each of T steps: pooled spikes [T, N, C, OH, OW].
 
-    fused: None runs the fused kernel where it is on by default (numba, on CPU), True also where it is not yet
-    (Triton), False never; wherever the kernel cannot run, the modules do."""
+    fused: None runs the fused kernel where it is on by default (an implementation's by_default: numba, on CPU),
+    True also where it is not yet (Triton), False never; wherever the kernel cannot run, the modules do."""
     fusable = _fusable(neuron, pool, x, fused)
     if fusable is None or T < 1:
         return pool(neuron(x, repeat=T))

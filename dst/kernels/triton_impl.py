@@ -152,6 +152,9 @@ def _pow2(n: int) -> int:
 class TritonSpikePool:
     """The stem's neuron fused with the max pool after it, on CUDA (dst/kernels/_triton_spike_pool.py); any layout,
     float32/float64/bfloat16/float16. The launch side of dst.kernels.spike_pool."""
+    # Not the default until measured on a GPU (benchmarks/gpu_check.sh: ours-fused-stem against ours-unfused-stem):
+    # it runs where asked for (fused_stem=True). Tested through Triton's interpreter and compiled for sm_90 only.
+    by_default = False
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
