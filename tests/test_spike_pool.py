@@ -40,7 +40,7 @@ def test_matches_unfused_modules(neuron_name, T, geometry):
 @pytest.mark.parametrize("kw", [dict(v_reset=None), dict(detach_reset=False), dict(v_reset=None, detach_reset=False),
                                 dict(surrogate="sigmoid"), dict(v_threshold=0.5, v_reset=-0.2)],
                          ids=["soft", "no-detach", "soft-no-detach", "sigmoid", "threshold-reset"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 def test_neuron_options_and_dtypes(kw, dtype):
     pool = _pool(3, 2, 1)
     x = _stem_input((3, 4, 8, 10), dtype, seed=2)
@@ -66,6 +66,19 @@ def test_ties_send_the_gradient_where_the_pool_does(scale):
     assert gx.abs().sum() > 0                       # the surrogate passes gradient even where nothing fired
 
 
+@pytest.mark.parametrize("geometry", [(3, 2, 1), (2, 2, 0), (5, 2, 2)])
+def test_bfloat16_matches_the_reference(geometry):
+    """bfloat16 (autocast's stem): spikes bit-identical to the reference loop's (every forward intermediate rounded
+    as eager PyTorch rounds it), the gradient summed in float32 and rounded once."""
+    pool = _pool(*geometry)
+    x = _stem_input((2, 6, 11, 9), torch.bfloat16, seed=4)
+    y, gx, node = _run(make_neuron("lif", "auto"), pool, x, 4)
+    y_ref, gx_ref, _ = _reference("lif", pool, x, 4)
+    assert node == "FusedSpikeMaxPoolBackward" and y.dtype == gx.dtype == torch.bfloat16
+    assert torch.equal(y, y_ref) and 0 < y.sum() < y.numel()
+    torch.testing.assert_close(gx, gx_ref, **TOL[torch.bfloat16])
+
+
 def test_stem_sized_input_on_several_threads():
     """The stem of fsnn_resnet18 at 64 px (work split over the pool's rows and the input's rows)."""
     pool = _pool(3, 2, 1)
@@ -77,7 +90,7 @@ def test_stem_sized_input_on_several_threads():
     torch.testing.assert_close(gx, gx_ref, **TOL[torch.float32])
 
 
-@pytest.mark.parametrize("case", ["nchw", "bf16", "plif", "torch-backend", "ceil-mode", "avg-pool", "fused-false",
+@pytest.mark.parametrize("case", ["nchw", "f16", "plif", "torch-backend", "ceil-mode", "avg-pool", "fused-false",
                                   "forward-hook", "pool-hook", "backward-hook", "global-hook"])
 def test_falls_back_to_the_modules(case):
     """Where the kernel does not apply, or something watches the modules, the modules run (and their hooks fire)."""
@@ -87,7 +100,7 @@ def test_falls_back_to_the_modules(case):
         pool = MultiStep(nn.MaxPool2d(3, 2, 1, ceil_mode=True))
     elif case == "avg-pool":
         pool = MultiStep(nn.AvgPool2d(3, 2, 1))
-    x = _stem_input((2, 4, 8, 8), torch.bfloat16 if case == "bf16" else torch.float32)
+    x = _stem_input((2, 4, 8, 8), torch.float16 if case == "f16" else torch.float32)
     if case == "nchw":
         x = x.contiguous()
     seen = []

@@ -1,4 +1,4 @@
-"""Numba kernels of the stem's neuron fused with the max pool after it (CPU, float32/float64, channels-last).
+"""Numba kernels of the stem's neuron fused with the max pool after it (CPU, float32/float64/bfloat16, channels-last).
 
 The stem's neuron sees the same input X at every one of T steps, and a max pool follows it. Run apart, the neuron
 writes a [T, N, C, H, W] spike tensor that the pool reads once, the pool keeps int64 indices of the maxima, and its
@@ -12,6 +12,8 @@ Layout: X and dL/dX are [N, H, W, C] (channels-last), spikes and their gradient 
 runs over the W x C elements of a row, contiguous, and vectorises. The winner is the first maximum in the window in
 row-major order, with padding skipped, as PyTorch's CPU max pool picks it, so gradients go where they would unfused.
 The neuron's arithmetic is the step functions of _numba_kernels, so spikes are bit-identical to the reference loop.
+bfloat16 arrays come as their uint16 bit patterns, read and written through _numba_kernels' _ld / _st (the spikes of
+the rows in scratch too); the winners' maxima and all gradient sums are float32, dL/dX rounded to bfloat16 once.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import numpy as np
 from numba import njit, prange
 
 from dst.kernels._numba_kernels import (C_A, C_HA, C_ONE, C_RESET, C_RESET_R, C_REST, C_TH, C_TH_R, C_V0, C_ZERO,
-                                        C_K, _bptt_atan, _bptt_table, _charge_fire, _charge_keep, _sigmoid_surrogate)
+                                        C_K, _bptt_atan, _bptt_table, _charge_fire, _charge_keep, _ld,
+                                        _sigmoid_surrogate, _st)
 
 _step = njit(cache=True, inline="never", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
@@ -34,7 +37,7 @@ def _first_max(spikes, best, won, code, dw, s, p, C):
         w = ow * s - p + dw
         if 0 <= w < W:
             for j in range(C):
-                v = spikes[w * C + j]
+                v = _ld(spikes[w * C + j])
                 if v > best[ow * C + j]:
                     best[ow * C + j] = v
                     won[ow * C + j] = code
@@ -42,8 +45,9 @@ def _first_max(spikes, best, won, code, dw, s, p, C):
 
 @_step
 def _store_winner(best, won, out, sel):
+    dt = out.dtype
     for j in range(best.shape[0]):
-        out[j] = best[j]
+        out[j] = _st(best[j], dt)
         sel[j] = won[j]
 
 
@@ -57,13 +61,20 @@ def _gather_won(g, sel, gs, code, dw, s, p, C):
         if 0 <= w < W:
             for j in range(C):
                 if sel[ow * C + j] == code:
-                    gs[w * C + j] += g[ow * C + j]
+                    gs[w * C + j] += _ld(g[ow * C + j])
 
 
 @_step
 def _add_into(acc, d):
     for j in range(acc.shape[0]):
         acc[j] += d[j]
+
+
+@_step
+def _store(out, acc):
+    dt = out.dtype
+    for j in range(out.shape[0]):
+        out[j] = _st(acc[j], dt)
 
 
 @njit(cache=True)
@@ -92,7 +103,7 @@ def forward(x, out, sel, T, k, s, p, c, kind, hard):
             v[:] = v0
             for t in range(T):
                 _charge_fire(v, xr, spikes[h - h_lo, t], kind, hard, th, reset_r, th_r, rest, kk, one, zero)
-        best = np.empty(OW * C, dtype=x.dtype)
+        best = np.empty(OW * C, dtype=c.dtype)
         won = np.empty(OW * C, dtype=np.int32)
         for t in range(T):
             best[:] = -one                                          # below any spike: the first position wins ties
@@ -134,8 +145,7 @@ def backward(x, g, sel, gx, T, k, s, p, c, kind, hard, detach, sigmoid):
         d = np.empty(WC, dtype=c.dtype)
         no_k = np.empty(0, dtype=c.dtype)
         no_acc = np.empty(0, dtype=np.float64)
-        gr = gx[n, h].reshape(WC)
-        gr[:] = zero
+        gr = np.zeros(WC, dtype=c.dtype)                           # dL/dX of the row, summed over T
         for t in range(T - 1, -1, -1):
             if sigmoid:
                 _sigmoid_surrogate(hb[t], sb, th, a, ha, one)
@@ -145,3 +155,4 @@ def backward(x, g, sel, gx, T, k, s, p, c, kind, hard, detach, sigmoid):
                 _bptt_atan(hb[t], gs[t], gv, d, no_k, no_acc, kind, hard, detach, False, th, reset, kk, a, ha, one,
                            zero)
             _add_into(gr, d)
+        _store(gx[n, h].reshape(WC), gr)

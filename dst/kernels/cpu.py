@@ -151,16 +151,20 @@ def numba_available() -> bool:
     return bool(_numba_kernels())
 
 
+def numpy_view(t: torch.Tensor) -> np.ndarray:
+    """t as a numpy array over the same memory; bfloat16 (which numpy lacks) as its uint16 bit patterns, which the
+    kernels read and write as bfloat16 (see _numba_kernels' _ld / _st)."""
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(np.uint16)
+    return t.numpy()
+
+
 def _flat(rows: torch.Tensor) -> tuple[np.ndarray, int]:
-    """A [T, M] row view (inner stride 1) as a 1-D numpy buffer over the same memory, and its row stride.
-    bfloat16 (which numpy lacks) is passed as its uint16 bit patterns."""
+    """A [T, M] row view (inner stride 1) as a 1-D numpy buffer over the same memory, and its row stride."""
     T, M = rows.shape
     rs = row_stride(rows)
     span = (T - 1) * rs + M
-    flat = torch.as_strided(rows, (span,), (1,))
-    if flat.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy().view(np.uint16), rs
-    return flat.numpy(), rs
+    return numpy_view(torch.as_strided(rows, (span,), (1,))), rs
 
 
 def _as_dtype(value: float, dtype: torch.dtype, via: torch.dtype = torch.float64) -> float:
@@ -198,10 +202,7 @@ def _constants_cached(spec: NeuronSpec, k: float, dtype: torch.dtype) -> np.ndar
 
 
 def _flat_out(rows: torch.Tensor) -> np.ndarray:
-    flat = rows.view(-1)
-    if flat.dtype == torch.bfloat16:
-        return flat.view(torch.int16).numpy().view(np.uint16)
-    return flat.numpy()
+    return numpy_view(rows.view(-1))
 
 
 def _kernel(name: str, module=None):

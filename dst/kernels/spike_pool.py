@@ -3,13 +3,13 @@
     o = spike_maxpool(model.stem_neuron, model.maxpool, bn_out, T)
 
 Two implementations, picked by the neuron's backend ("auto": the device's own):
-- numba (CPU): channels-last float32/float64 (dst/kernels/_numba_spike_pool.py); on by default;
+- numba (CPU): channels-last float32/float64/bfloat16 (dst/kernels/_numba_spike_pool.py); on by default;
 - triton (CUDA, or CPU tensors under TRITON_INTERPRET=1 for tests): any layout, float32/float64/bfloat16/float16
   (dst/kernels/_triton_spike_pool.py). Tested through Triton's interpreter but not yet run on a GPU, so it runs only
   when asked for (fused=True; the ResNets' fused_stem=True) until benchmarks/gpu_check.sh has measured it there.
 The same spikes (bit for bit) and gradients (up to summation order) as the two modules run one after the other,
 which is what runs whenever a fused kernel does not apply: a backend or device without one (the reference loop,
-eager, numba without numba installed, a CPU tensor that is not channels-last float32/float64), PLIF's learned
+eager, numba without numba installed, a CPU tensor that is not channels-last float32/float64/bfloat16), PLIF's learned
 decay, a pool other than a plain square MaxPool2d, under tracing, and whenever anything watches either module (a
 forward or backward hook on the neuron, the pool or their children, or a global one): firing-rate monitors, spike
 checks and energy counts see the stem's spikes as they always did. See dst/kernels/_numba_spike_pool.py for what the
@@ -64,12 +64,12 @@ def _watched(*modules: nn.Module) -> bool:
 
 
 class NumbaSpikePool:
-    """CPU: the numba kernels (dst/kernels/_numba_spike_pool.py) on channels-last float32/float64 tensors."""
+    """CPU: the numba kernels (dst/kernels/_numba_spike_pool.py) on channels-last float32/float64/bfloat16 tensors."""
     by_default = True   # measured: benchmarks/results/latest.md (ours-unfused-stem, ours-fused-stem)
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
-        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+        return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
                 and x.is_contiguous(memory_format=torch.channels_last) and cpu.numba_available())
 
     @staticmethod
@@ -82,7 +82,7 @@ class NumbaSpikePool:
         if out.numel():
             n = numba_threads.threads(out.numel())
             with numba_threads.Threads(n):
-                _kernel("forward")(xl.numpy(), out.numpy(), sel.numpy(), T, k, s, p,
+                _kernel("forward")(cpu.numpy_view(xl), cpu.numpy_view(out), sel.numpy(), T, k, s, p,
                                    cpu._constants(spec, decay, x.dtype), spec.kind, spec.hard)
         return out.permute(0, 1, 4, 2, 3), sel
 
@@ -93,9 +93,10 @@ class NumbaSpikePool:
         if gx.numel():
             n = numba_threads.threads(g.numel())
             with numba_threads.Threads(n):
-                _kernel("backward")(x.detach().permute(0, 2, 3, 1).numpy(), g.numpy(), sel.numpy(),
-                                    gx.permute(0, 2, 3, 1).numpy(), T, k, s, p, cpu._constants(spec, decay, x.dtype),
-                                    spec.kind, spec.hard, spec.detach_reset, spec.surrogate_id == 1)
+                _kernel("backward")(cpu.numpy_view(x.detach().permute(0, 2, 3, 1)), cpu.numpy_view(g), sel.numpy(),
+                                    cpu.numpy_view(gx.permute(0, 2, 3, 1)), T, k, s, p,
+                                    cpu._constants(spec, decay, x.dtype), spec.kind, spec.hard, spec.detach_reset,
+                                    spec.surrogate_id == 1)
         return gx
 
 

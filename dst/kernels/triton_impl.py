@@ -158,8 +158,8 @@ class TritonSpikePool:
 
     @staticmethod
     def supports(x: torch.Tensor) -> bool:
-        return ((x.is_cuda or interpreting()) and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-                and triton_available())
+        return ((x.is_cuda or interpreting()) and triton_available()
+                and x.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16))
 
     @staticmethod
     def _last_c(x: torch.Tensor) -> bool:
