@@ -85,6 +85,34 @@ def test_several_blocks(impl, name, monkeypatch):
 
 
 @needs_numba
+@pytest.mark.parametrize("name", ["if", "lif", "plif"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("T", [4, 6, 16])
+def test_specialised_kernels_equal_the_generic_ones(name, dtype, T, monkeypatch):
+    """IF and LIF with the usual flags (hard, detached reset, ATan) run kernels compiled for those flags; PLIF runs the
+    specialised forward and the generic backward (dL/dk). Same arithmetic with the branches folded: spikes and
+    gradients bit-identical to the generic kernels', over several blocks, and spikes equal to the reference."""
+    from dst.kernels import _numba_kernels as nk
+    kind = neuron_spec(make_neuron(name, "numba")).kind
+    assert nk.forward_kernel(kind, True, False) is not nk.forward_kernel(kind, False, False)
+    assert nk.forward_kernel(kind, True, True) is nk.forward_kernel(kind, False, False)       # float64: generic
+    assert (nk.backward_kernel(kind, True, True, False, name == "plif", False)
+            is not nk.backward_kernel(kind, True, True, False, True, False)) == (name != "plif")
+    monkeypatch.setattr(kcpu, "FORWARD_BLOCK", 1024)
+    monkeypatch.setattr(kcpu, "BACKWARD_SCRATCH", 4096)
+    x = make_input((T, 2, 3001), dtype, seed=T)
+    upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
+    specialised = spikes_and_grads(make_neuron(name, "numba"), x, upstream)
+    monkeypatch.setattr(nk, "SPECIALISED_KINDS", ())
+    generic = spikes_and_grads(make_neuron(name, "numba"), x, upstream)
+    reference = spikes_and_grads(make_neuron(name, "torch"), x, upstream)
+    assert torch.equal(specialised[0], generic[0]) and torch.equal(specialised[0], reference[0])
+    assert 0 < specialised[0].sum() < specialised[0].numel()
+    for got, want in zip(specialised[1], generic[1]):
+        assert torch.equal(got, want)
+
+
+@needs_numba
 def test_block_sizes():
     """Long rows (see cpu.py), at least two blocks per thread when M allows, never under MIN_BLOCK; small calls run
     on one thread."""
@@ -439,7 +467,8 @@ import re, sys, torch
 from dst.kernels import _numba_kernels as k, cpu
 from dst.kernels.spec import neuron_spec
 from dst.neuron import MultiStepIF, MultiStepLIF
-for neuron in (MultiStepIF(), MultiStepLIF()):
+# IF and LIF as they come run the specialised kernels (dst/kernels/_numba_kernels.py); a soft reset, the generic ones
+for neuron in (MultiStepIF(), MultiStepLIF(), MultiStepLIF(v_reset=None)):
     spec, kk = neuron_spec(neuron), (0.5 if isinstance(neuron, MultiStepLIF) else None)
     for T in (4, 16):  # T = 4 has passes of its own; other T go four steps at a time through an H scratch
         x = torch.randn(T, 100000)
@@ -451,6 +480,7 @@ for name in ("_charge_fire4_from_rest", "_recompute_bptt_atan4", "_recompute_bpt
              "_charge_keep4", "_bptt_atan4"):
     irs = getattr(k, name).inspect_llvm()
     assert irs, name
+    assert len(irs) >= 2, (name, list(irs))                  # specialised and generic builds
     scalar += [name for ir in irs.values() if not re.search(r"<(4|8|16) x float>", ir)]
 print("scalar:", scalar)
 sys.exit(1 if scalar else 0)

@@ -17,12 +17,14 @@ the rows in scratch too); the winners' maxima and all gradient sums are float32,
 """
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from dst.kernels._numba_kernels import (C_A, C_HA, C_ONE, C_RESET, C_RESET_R, C_REST, C_TH, C_TH_R, C_V0, C_ZERO,
                                         C_K, _bptt_atan, _bptt_table, _charge_fire, _charge_keep, _ld,
-                                        _sigmoid_surrogate, _st)
+                                        _sigmoid_surrogate, _specialised, _st)
 
 _step = njit(cache=True, inline="never", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
@@ -84,75 +86,105 @@ def _rows_of_window(o, s, p, k, size):
     return max(start, 0), min(start + k, size)
 
 
-@_kernel
-def forward(x, out, sel, T, k, s, p, c, kind, hard):
-    """x [N, H, W, C] -> out [T, N, OH, OW, C] (pooled spikes), sel [T, N, OH, OW, C] (winning window position)."""
-    N, H, W, C = x.shape
-    OH, OW = out.shape[2], out.shape[3]
-    th, rest, kk, one, zero = c[C_TH], c[C_REST], c[C_K], c[C_ONE], c[C_ZERO]
-    reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
-    WC = W * C
-    for job in prange(N * OH):
-        n = job // OH
-        oh = job - n * OH
-        h_lo, h_hi = _rows_of_window(oh, s, p, k, H)
-        spikes = np.empty((h_hi - h_lo, T, WC), dtype=x.dtype)      # the spikes of the rows this window row reads
-        v = np.empty(WC, dtype=c.dtype)
-        for h in range(h_lo, h_hi):
+def forward_kernel(kind: int, hard: bool, float64: bool):
+    """The forward kernel for these flags, specialised as _numba_kernels' are (it takes the flags either way)."""
+    return _forward_kernel((int(kind), True) if _specialised(kind, hard, float64) else None)
+
+
+@functools.cache
+def _forward_kernel(fixed):
+    is_fixed = fixed is not None
+    kind_c, hard_c = fixed or (0, False)
+
+    @_kernel
+    def forward(x, out, sel, T, k, s, p, c, kind, hard):
+        """x [N, H, W, C] -> out [T, N, OH, OW, C] (pooled spikes), sel [T, N, OH, OW, C] (winning window position)."""
+        if is_fixed:                           # pruned at compile time: constants in place of the arguments
+            kind, hard = kind_c, hard_c
+        N, H, W, C = x.shape
+        OH, OW = out.shape[2], out.shape[3]
+        th, rest, kk, one, zero = c[C_TH], c[C_REST], c[C_K], c[C_ONE], c[C_ZERO]
+        reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
+        WC = W * C
+        for job in prange(N * OH):
+            n = job // OH
+            oh = job - n * OH
+            h_lo, h_hi = _rows_of_window(oh, s, p, k, H)
+            spikes = np.empty((h_hi - h_lo, T, WC), dtype=x.dtype)      # the spikes of the rows this window row reads
+            v = np.empty(WC, dtype=c.dtype)
+            for h in range(h_lo, h_hi):
+                xr = x[n, h].reshape(WC)
+                v[:] = v0
+                for t in range(T):
+                    _charge_fire(v, xr, spikes[h - h_lo, t], kind, hard, th, reset_r, th_r, rest, kk, one, zero)
+            best = np.empty(OW * C, dtype=c.dtype)
+            won = np.empty(OW * C, dtype=np.int32)
+            for t in range(T):
+                best[:] = -one                                          # below any spike: the first position wins ties
+                won[:] = 0
+                for h in range(h_lo, h_hi):
+                    for dw in range(k):
+                        _first_max(spikes[h - h_lo, t], best, won, (h - (oh * s - p)) * k + dw, dw, s, p, C)
+                _store_winner(best, won, out[t, n, oh].reshape(OW * C), sel[t, n, oh].reshape(OW * C))
+
+    return forward
+
+
+def backward_kernel(kind: int, hard: bool, detach: bool, sigmoid: bool, float64: bool):
+    """The backward kernel for these flags, specialised as _numba_kernels' are (it takes the flags either way)."""
+    usual = _specialised(kind, hard, float64, detach, sigmoid)
+    return _backward_kernel((int(kind), True, True, False) if usual else None)
+
+
+@functools.cache
+def _backward_kernel(fixed):
+    is_fixed = fixed is not None
+    kind_c, hard_c, detach_c, sigmoid_c = fixed or (0, False, False, False)
+
+    @_kernel
+    def backward(x, g, sel, gx, T, k, s, p, c, kind, hard, detach, sigmoid):
+        """dL/dX [N, H, W, C], summed over the T steps, from dL/d(pooled spikes) g and the winners sel
+        [T, N, OH, OW, C]."""
+        if is_fixed:
+            kind, hard, detach, sigmoid = kind_c, hard_c, detach_c, sigmoid_c
+        N, H, W, C = x.shape
+        OH, OW = g.shape[2], g.shape[3]
+        th, reset, rest, kk, a, ha = c[C_TH], c[C_RESET], c[C_REST], c[C_K], c[C_A], c[C_HA]
+        one, zero = c[C_ONE], c[C_ZERO]
+        reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
+        WC = W * C
+        for job in prange(N * H):
+            n = job // H
+            h = job - n * H
+            gs = np.zeros((T, WC), dtype=c.dtype)                      # dL/dS of this row's spikes
+            for oh in range(max(0, (h + p - k + s) // s), min(OH - 1, (h + p) // s) + 1):
+                dh = h - (oh * s - p)
+                for dw in range(k):
+                    for t in range(T):
+                        _gather_won(g[t, n, oh].reshape(OW * C), sel[t, n, oh].reshape(OW * C), gs[t], dh * k + dw, dw,
+                                    s, p, C)
             xr = x[n, h].reshape(WC)
+            hb = np.empty((T, WC), dtype=c.dtype)                      # H[t], recomputed
+            v = np.empty(WC, dtype=c.dtype)
             v[:] = v0
             for t in range(T):
-                _charge_fire(v, xr, spikes[h - h_lo, t], kind, hard, th, reset_r, th_r, rest, kk, one, zero)
-        best = np.empty(OW * C, dtype=c.dtype)
-        won = np.empty(OW * C, dtype=np.int32)
-        for t in range(T):
-            best[:] = -one                                          # below any spike: the first position wins ties
-            won[:] = 0
-            for h in range(h_lo, h_hi):
-                for dw in range(k):
-                    _first_max(spikes[h - h_lo, t], best, won, (h - (oh * s - p)) * k + dw, dw, s, p, C)
-            _store_winner(best, won, out[t, n, oh].reshape(OW * C), sel[t, n, oh].reshape(OW * C))
+                _charge_keep(v, xr, hb[t], kind, hard, th, reset_r, th_r, rest, kk, zero)
+            sb = np.empty((WC if sigmoid else 0), dtype=c.dtype)
+            gv = v                                                     # reuse: dL/dV[t] arriving from step t + 1
+            gv[:] = zero
+            d = np.empty(WC, dtype=c.dtype)
+            no_k = np.empty(0, dtype=c.dtype)
+            no_acc = np.empty(0, dtype=np.float64)
+            gr = np.zeros(WC, dtype=c.dtype)                           # dL/dX of the row, summed over T
+            for t in range(T - 1, -1, -1):
+                if sigmoid:
+                    _sigmoid_surrogate(hb[t], sb, th, a, ha, one)
+                    _bptt_table(hb[t], sb, gs[t], gv, d, no_k, no_acc, kind, hard, detach, False, th, reset, kk, one,
+                                zero)
+                else:
+                    _bptt_atan(hb[t], gs[t], gv, d, no_k, no_acc, kind, hard, detach, False, th, reset, kk, a, ha, one,
+                               zero)
+                _add_into(gr, d)
+            _store(gx[n, h].reshape(WC), gr)
 
-
-@_kernel
-def backward(x, g, sel, gx, T, k, s, p, c, kind, hard, detach, sigmoid):
-    """dL/dX [N, H, W, C], summed over the T steps, from dL/d(pooled spikes) g and the winners sel [T, N, OH, OW, C]."""
-    N, H, W, C = x.shape
-    OH, OW = g.shape[2], g.shape[3]
-    th, reset, rest, kk, a, ha = c[C_TH], c[C_RESET], c[C_REST], c[C_K], c[C_A], c[C_HA]
-    one, zero = c[C_ONE], c[C_ZERO]
-    reset_r, th_r, v0 = c[C_RESET_R], c[C_TH_R], c[C_V0]
-    WC = W * C
-    for job in prange(N * H):
-        n = job // H
-        h = job - n * H
-        gs = np.zeros((T, WC), dtype=c.dtype)                      # dL/dS of this row's spikes
-        for oh in range(max(0, (h + p - k + s) // s), min(OH - 1, (h + p) // s) + 1):
-            dh = h - (oh * s - p)
-            for dw in range(k):
-                for t in range(T):
-                    _gather_won(g[t, n, oh].reshape(OW * C), sel[t, n, oh].reshape(OW * C), gs[t], dh * k + dw, dw,
-                                s, p, C)
-        xr = x[n, h].reshape(WC)
-        hb = np.empty((T, WC), dtype=c.dtype)                      # H[t], recomputed
-        v = np.empty(WC, dtype=c.dtype)
-        v[:] = v0
-        for t in range(T):
-            _charge_keep(v, xr, hb[t], kind, hard, th, reset_r, th_r, rest, kk, zero)
-        sb = np.empty((WC if sigmoid else 0), dtype=c.dtype)
-        gv = v                                                     # reuse: dL/dV[t] arriving from step t + 1
-        gv[:] = zero
-        d = np.empty(WC, dtype=c.dtype)
-        no_k = np.empty(0, dtype=c.dtype)
-        no_acc = np.empty(0, dtype=np.float64)
-        gr = np.zeros(WC, dtype=c.dtype)                           # dL/dX of the row, summed over T
-        for t in range(T - 1, -1, -1):
-            if sigmoid:
-                _sigmoid_surrogate(hb[t], sb, th, a, ha, one)
-                _bptt_table(hb[t], sb, gs[t], gv, d, no_k, no_acc, kind, hard, detach, False, th, reset, kk, one,
-                            zero)
-            else:
-                _bptt_atan(hb[t], gs[t], gv, d, no_k, no_acc, kind, hard, detach, False, th, reset, kk, a, ha, one,
-                           zero)
-            _add_into(gr, d)
-        _store(gx[n, h].reshape(WC), gr)
+    return backward

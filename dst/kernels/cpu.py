@@ -205,10 +205,8 @@ def _flat_out(rows: torch.Tensor) -> np.ndarray:
     return numpy_view(rows.view(-1))
 
 
-def _kernel(name: str, module=None):
-    """The numba kernel `name` of `module` (default: the neuron kernels): the parallel build, or the serial one where
-    parallel kernels would abort a fork."""
-    kernel = getattr(module or _numba_kernels(), name)
+def _kernel(kernel):
+    """A parallel numba kernel, or its serial build where parallel kernels would abort a fork."""
     return _numba_kernels().serial_of(kernel) if numba_threads.serial_only() else kernel
 
 
@@ -234,8 +232,9 @@ class NumbaImpl:
         xf, xrs = _flat(rows)
         n = numba_threads.threads(x.numel())
         with numba_threads.Threads(n):
-            _kernel("forward")(xf, xrs, _flat_out(out_rows), layout.T, layout.M, _forward_block(layout.M, n),
-                               _constants(spec, k, x.dtype), spec.kind, spec.hard)
+            _kernel(_numba_kernels().forward_kernel(spec.kind, spec.hard, x.dtype == torch.float64))(
+                xf, xrs, _flat_out(out_rows), layout.T, layout.M, _forward_block(layout.M, n),
+                _constants(spec, k, x.dtype), spec.kind, spec.hard)
         return out
 
     @staticmethod
@@ -265,9 +264,10 @@ class NumbaImpl:
             xf, xrs = _flat(layout.rows_of(x.detach()))
             gf, grs = _flat(layout.rows_of(g.detach().to(x.dtype)))
             with numba_threads.Threads(n):
-                _kernel("backward")(xf, xrs, gf, grs, _flat_out(gx_rows), layout.T, layout.M, B,
-                                    _constants(spec, k, x.dtype), spec.kind, spec.hard, spec.detach_reset,
-                                    spec.surrogate_id == 1, spec.learn_k, partial, sum_time)
+                flags = (spec.kind, spec.hard, spec.detach_reset, spec.surrogate_id == 1, spec.learn_k)
+                _kernel(_numba_kernels().backward_kernel(*flags, x.dtype == torch.float64))(
+                    xf, xrs, gf, grs, _flat_out(gx_rows), layout.T, layout.M, B, _constants(spec, k, x.dtype),
+                    *flags, partial, sum_time)
         gk = torch.tensor(partial.sum(), dtype=torch.float64) if spec.learn_k else None
         return gx, gk
 

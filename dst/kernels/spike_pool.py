@@ -27,10 +27,11 @@ from dst.kernels.spec import neuron_spec
 from dst.kernels.triton_impl import TritonSpikePool
 
 
-def _kernel(name: str):
-    """The fused kernel `name` (imported on first use: numba is optional), serial where a fork needs it."""
+def _kernel(name: str, *config):
+    """The fused kernel `name` ("forward" or "backward") for a neuron configuration (imported on first use: numba is
+    optional), serial where a fork needs it."""
     from dst.kernels import _numba_spike_pool
-    return cpu._kernel(name, _numba_spike_pool)
+    return cpu._kernel(getattr(_numba_spike_pool, f"{name}_kernel")(*config))
 
 
 def _square(value) -> int | None:
@@ -82,8 +83,9 @@ class NumbaSpikePool:
         if out.numel():
             n = numba_threads.threads(out.numel())
             with numba_threads.Threads(n):
-                _kernel("forward")(cpu.numpy_view(xl), cpu.numpy_view(out), sel.numpy(), T, k, s, p,
-                                   cpu._constants(spec, decay, x.dtype), spec.kind, spec.hard)
+                _kernel("forward", spec.kind, spec.hard, x.dtype == torch.float64)(
+                    cpu.numpy_view(xl), cpu.numpy_view(out), sel.numpy(), T, k, s, p,
+                    cpu._constants(spec, decay, x.dtype), spec.kind, spec.hard)
         return out.permute(0, 1, 4, 2, 3), sel
 
     @staticmethod
@@ -93,10 +95,10 @@ class NumbaSpikePool:
         if gx.numel():
             n = numba_threads.threads(g.numel())
             with numba_threads.Threads(n):
-                _kernel("backward")(cpu.numpy_view(x.detach().permute(0, 2, 3, 1)), cpu.numpy_view(g), sel.numpy(),
-                                    cpu.numpy_view(gx.permute(0, 2, 3, 1)), T, k, s, p,
-                                    cpu._constants(spec, decay, x.dtype), spec.kind, spec.hard, spec.detach_reset,
-                                    spec.surrogate_id == 1)
+                flags = (spec.kind, spec.hard, spec.detach_reset, spec.surrogate_id == 1)
+                _kernel("backward", *flags, x.dtype == torch.float64)(
+                    cpu.numpy_view(x.detach().permute(0, 2, 3, 1)), cpu.numpy_view(g), sel.numpy(),
+                    cpu.numpy_view(gx.permute(0, 2, 3, 1)), T, k, s, p, cpu._constants(spec, decay, x.dtype), *flags)
         return gx
 
 
