@@ -3,7 +3,8 @@
 Environment: importing this module imports dst before torch, so the benchmarks run as the `dst` command does (see
 below); environment() records the OpenMP settings in force.
 
-Timing: contestants run in interleaved rounds (A B C, B C A, C A B, ...) after warm-up. On a shared machine other
+Timing: contestants run in interleaved rounds after warm-up (A B C, B C A, C A B, then reversed: C B A, A C B, B A C,
+...: see round_order). On a shared machine other
 jobs only ever add time, so a headline ratio compares the best (minimum) time of each contestant; the median of the
 per-round ratios is kept beside it as a check. Absolute times are noise here; the ratios are the figures.
 """
@@ -36,9 +37,20 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def round_order(names: list[str], r: int) -> list[str]:
+    """The order of round r: rotated by r, and reversed every other cycle of len(names) rounds. Over the rounds every
+    contestant runs in every position and after two different contestants. What a call costs can depend on the one
+    before it: in the neuron benchmark (T = 4, THP_MEM_ALLOC_ENABLE=1) ours took 11.5-12.7 ms right after the floor
+    and 8.0-10.0 ms after anything else, and a fixed cyclic order hands such a cost to the same contestant in every
+    round."""
+    n = len(names)
+    order = names[r % n:] + names[:r % n]
+    return order[::-1] if (r // n) % 2 else order
+
+
 def time_interleaved(contestants: dict[str, Callable[[], object]], rounds: int, warmup: int = 1,
                      device: str = "cpu") -> dict[str, list[float]]:
-    """Seconds per call of each contestant, `rounds` values each, measured in rotating order."""
+    """Seconds per call of each contestant, `rounds` values each, measured in varying order (see round_order)."""
     names = list(contestants)
     for _ in range(warmup):
         for name in names:
@@ -46,8 +58,7 @@ def time_interleaved(contestants: dict[str, Callable[[], object]], rounds: int, 
             synchronize(device)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
+        for name in round_order(names, r):
             synchronize(device)
             t0 = time.perf_counter()
             contestants[name]()
