@@ -383,14 +383,21 @@ def _bptt_table(ht, st, gt, gv, gxt, dkt, acc, kind, hard, detach, learn_k, th, 
 SPECIALISED_KINDS = (IF, LIF)
 
 
-def _specialised(kind, hard, float64, detach=True, sigmoid=False, learn_k=False) -> bool:
-    return kind in SPECIALISED_KINDS and hard and detach and not (sigmoid or learn_k or float64)
+def forward_flags(kind: int, hard: bool, float64: bool):
+    """The compile-time constants (kind, hard) of the forward kernel for these flags, or None: the generic kernel."""
+    return (int(kind), True) if kind in SPECIALISED_KINDS and hard and not float64 else None
+
+
+def backward_flags(kind: int, hard: bool, detach: bool, sigmoid: bool, learn_k: bool, float64: bool):
+    """The compile-time constants (kind, hard, detach, sigmoid, learn_k) of the backward kernel, or None: generic."""
+    usual = forward_flags(kind, hard, float64) and detach and not (sigmoid or learn_k)
+    return (int(kind), True, True, False, False) if usual else None
 
 
 def forward_kernel(kind: int, hard: bool, float64: bool):
     """The forward kernel for these flags (S into out, [T, M] rows): specialised or generic (see SPECIALISED_KINDS).
     It takes the flags as arguments either way."""
-    return _forward_kernel((int(kind), True) if _specialised(kind, hard, float64) else None)
+    return _forward_kernel(forward_flags(kind, hard, float64))
 
 
 @functools.cache
@@ -436,8 +443,7 @@ def backward_kernel(kind: int, hard: bool, detach: bool, sigmoid: bool, learn_k:
     """The backward kernel for these flags: specialised or generic (see SPECIALISED_KINDS). It writes dL/dX into gx
     ([T, M] rows; with sum_time, one row: the sum over T, only at T = 4 without sigmoid or learn_k) and each block's
     dL/dk into partial."""
-    usual = _specialised(kind, hard, float64, detach, sigmoid, learn_k)
-    return _backward_kernel((int(kind), True, True, False, False) if usual else None)
+    return _backward_kernel(backward_flags(kind, hard, detach, sigmoid, learn_k, float64))
 
 
 @functools.cache

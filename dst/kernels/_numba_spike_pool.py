@@ -24,7 +24,7 @@ from numba import njit, prange
 
 from dst.kernels._numba_kernels import (C_A, C_HA, C_ONE, C_RESET, C_RESET_R, C_REST, C_TH, C_TH_R, C_V0, C_ZERO,
                                         C_K, _bptt_atan, _bptt_table, _charge_fire, _charge_keep, _ld,
-                                        _sigmoid_surrogate, _specialised, _st)
+                                        _sigmoid_surrogate, _st, backward_flags, forward_flags)
 
 _step = njit(cache=True, inline="never", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
@@ -86,13 +86,9 @@ def _rows_of_window(o, s, p, k, size):
     return max(start, 0), min(start + k, size)
 
 
-def forward_kernel(kind: int, hard: bool, float64: bool):
-    """The forward kernel for these flags, specialised as _numba_kernels' are (it takes the flags either way)."""
-    return _forward_kernel((int(kind), True) if _specialised(kind, hard, float64) else None)
-
-
 @functools.cache
 def _forward_kernel(fixed):
+    """The forward kernel for forward_flags' constants (None: generic; it takes the flags as arguments either way)."""
     is_fixed = fixed is not None
     kind_c, hard_c = fixed or (0, False)
 
@@ -130,16 +126,11 @@ def _forward_kernel(fixed):
     return forward
 
 
-def backward_kernel(kind: int, hard: bool, detach: bool, sigmoid: bool, float64: bool):
-    """The backward kernel for these flags, specialised as _numba_kernels' are (it takes the flags either way)."""
-    usual = _specialised(kind, hard, float64, detach, sigmoid)
-    return _backward_kernel((int(kind), True, True, False) if usual else None)
-
-
 @functools.cache
 def _backward_kernel(fixed):
+    """The backward kernel for backward_flags' constants (learn_k is always False here)."""
     is_fixed = fixed is not None
-    kind_c, hard_c, detach_c, sigmoid_c = fixed or (0, False, False, False)
+    kind_c, hard_c, detach_c, sigmoid_c, _ = fixed or (0, False, False, False, False)
 
     @_kernel
     def backward(x, g, sel, gx, T, k, s, p, c, kind, hard, detach, sigmoid):
@@ -188,3 +179,13 @@ def _backward_kernel(fixed):
             _store(gx[n, h].reshape(WC), gr)
 
     return backward
+
+
+def forward_kernel(kind: int, hard: bool, float64: bool):
+    """The forward kernel for these flags, specialised as _numba_kernels' are."""
+    return _forward_kernel(forward_flags(kind, hard, float64))
+
+
+def backward_kernel(kind: int, hard: bool, detach: bool, sigmoid: bool, float64: bool):
+    """The backward kernel for these flags, specialised as _numba_kernels' are."""
+    return _backward_kernel(backward_flags(kind, hard, detach, sigmoid, False, float64))
