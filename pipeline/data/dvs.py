@@ -11,6 +11,7 @@ which leaves out the last N mod T events). split_by "time": T frames of equal du
 """
 from __future__ import annotations
 
+import concurrent.futures
 import math
 import multiprocessing
 import os
@@ -158,9 +159,13 @@ def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple
         if workers > 1:
             # spawn, not fork: forking a process that already runs threads (tqdm's monitor, a previous pool's
             # handlers, OpenMP) can deadlock the child on a lock held at fork time; seen on the second split.
-            pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker,
-                                                             initargs=(dataset, transform, frames))
-            results = pool.imap(_convert, indices, chunksize=8)
+            # concurrent.futures, not multiprocessing.Pool: after a worker raised, Pool.terminate() can wait forever
+            # on the task queue's read lock that an idle worker holds (cpython#78178); seen once in CI, in the test
+            # whose recording is malformed.
+            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                          initializer=_init_worker,
+                                                          initargs=(dataset, transform, frames))
+            results = pool.map(_convert, indices, chunksize=8)
         else:
             pool, results = None, map(_convert, indices)
         try:
@@ -170,8 +175,7 @@ def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple
                 labels[i] = label
         finally:
             if pool is not None:
-                pool.terminate()
-                pool.join()
+                pool.shutdown(wait=True, cancel_futures=True)   # the chunks running finish; the rest never start
     finally:
         _WORK.clear()
     out.flush()
