@@ -40,8 +40,8 @@ def synchronize(device: str) -> None:
 def round_order(names: list[str], r: int) -> list[str]:
     """The order of round r: rotated by r, and reversed every other cycle of len(names) rounds. Over the rounds every
     contestant runs in every position and after two different contestants. What a call costs can depend on the one
-    before it: in the neuron benchmark (T = 4, THP_MEM_ALLOC_ENABLE=1) ours took 11.5-12.7 ms right after the floor
-    and 8.0-10.0 ms after anything else, and a fixed cyclic order hands such a cost to the same contestant in every
+    before it: in the neuron benchmark (T = 4, THP_MEM_ALLOC_ENABLE=1) ours took 11.5-14.3 ms right after the floor
+    and 8.0-10.2 ms after anything else, and a fixed cyclic order hands such a cost to the same contestant in every
     round."""
     n = len(names)
     order = names[r % n:] + names[:r % n]
