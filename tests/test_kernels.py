@@ -466,9 +466,10 @@ VECTORISED_CHECK = """
 import re, sys, torch
 from dst.kernels import _numba_kernels as k, cpu
 from dst.kernels.spec import neuron_spec
-from dst.neuron import MultiStepIF, MultiStepLIF
-# IF and LIF as they come run the specialised kernels (dst/kernels/_numba_kernels.py); a soft reset, the generic ones
-for neuron in (MultiStepIF(), MultiStepLIF(), MultiStepLIF(v_reset=None)):
+from dst.neuron import MultiStepIF, MultiStepLIF, MultiStepPLIF
+# IF and LIF as they come run the specialised kernels (dst/kernels/_numba_kernels.py); a soft reset and PLIF's
+# backward, the generic ones
+for neuron in (MultiStepIF(), MultiStepLIF(), MultiStepLIF(v_reset=None), MultiStepPLIF()):
     spec, kk = neuron_spec(neuron), (0.5 if isinstance(neuron, MultiStepLIF) else None)
     for T in (4, 16):  # T = 4 has passes of its own; other T go four steps at a time through an H scratch
         x = torch.randn(T, 100000)
@@ -479,9 +480,11 @@ scalar = []
 for name in ("_charge_fire4_from_rest", "_recompute_bptt_atan4", "_recompute_bptt_atan4_summed", "_charge_fire4",
              "_charge_keep4", "_bptt_atan4"):
     irs = getattr(k, name).inspect_llvm()
-    assert irs, name
     assert len(irs) >= 2, (name, list(irs))                  # specialised and generic builds
     scalar += [name for ir in irs.values() if not re.search(r"<(4|8|16) x float>", ir)]
+irs = k._recompute_bptt_atan4_dk.inspect_llvm()              # PLIF at T = 4: generic only
+assert irs
+scalar += ["_recompute_bptt_atan4_dk" for ir in irs.values() if not re.search(r"<(4|8|16) x float>", ir)]
 print("scalar:", scalar)
 sys.exit(1 if scalar else 0)
 """
