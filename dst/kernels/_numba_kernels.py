@@ -500,7 +500,7 @@ def _backward_kernel(fixed):
         for b in prange(nblk):
             lo = b * B
             n = min(B, M - lo)
-            if T == 4 and not (sigmoid or learn_k):                # H in registers, no scratch
+            if T == 4 and not sigmoid:                  # H in registers, no scratch
                 xs = (x[lo: lo + n], x[x_rs + lo: x_rs + lo + n], x[2 * x_rs + lo: 2 * x_rs + lo + n],
                       x[3 * x_rs + lo: 3 * x_rs + lo + n])
                 gs = (g[lo: lo + n], g[g_rs + lo: g_rs + lo + n], g[2 * g_rs + lo: 2 * g_rs + lo + n],
@@ -509,22 +509,19 @@ def _backward_kernel(fixed):
                     _recompute_bptt_atan4_summed(xs[0], xs[1], xs[2], xs[3], gs[0], gs[1], gs[2], gs[3], gx[lo: lo + n],
                                                  kind, hard, detach, th, reset, reset_r, th_r, rest, k, a, ha, v0, one,
                                                  zero)
+                    continue
+                gxs = (gx[lo: lo + n], gx[M + lo: M + lo + n], gx[2 * M + lo: 2 * M + lo + n],
+                       gx[3 * M + lo: 3 * M + lo + n])
+                if learn_k:                             # PLIF: the same, summing dL/dk as it goes
+                    acc = np.zeros(n, dtype=np.float64)
+                    _recompute_bptt_atan4_dk(xs[0], xs[1], xs[2], xs[3], gs[0], gs[1], gs[2], gs[3], gxs[0], gxs[1],
+                                             gxs[2], gxs[3], acc, kind, hard, detach, th, reset, reset_r, th_r, rest, k,
+                                             a, ha, v0, one, zero)
+                    partial[b] = acc.sum()
                 else:
-                    _recompute_bptt_atan4(xs[0], xs[1], xs[2], xs[3], gs[0], gs[1], gs[2], gs[3], gx[lo: lo + n],
-                                          gx[M + lo: M + lo + n], gx[2 * M + lo: 2 * M + lo + n],
-                                          gx[3 * M + lo: 3 * M + lo + n], kind, hard, detach, th, reset, reset_r, th_r,
-                                          rest, k, a, ha, v0, one, zero)
-                continue
-            if T == 4 and learn_k and not sigmoid:                 # PLIF: the same, summing dL/dk as it goes
-                acc = np.zeros(n, dtype=np.float64)
-                _recompute_bptt_atan4_dk(x[lo: lo + n], x[x_rs + lo: x_rs + lo + n],
-                                         x[2 * x_rs + lo: 2 * x_rs + lo + n], x[3 * x_rs + lo: 3 * x_rs + lo + n],
-                                         g[lo: lo + n], g[g_rs + lo: g_rs + lo + n],
-                                         g[2 * g_rs + lo: 2 * g_rs + lo + n], g[3 * g_rs + lo: 3 * g_rs + lo + n],
-                                         gx[lo: lo + n], gx[M + lo: M + lo + n], gx[2 * M + lo: 2 * M + lo + n],
-                                         gx[3 * M + lo: 3 * M + lo + n], acc, kind, hard, detach, th, reset, reset_r,
-                                         th_r, rest, k, a, ha, v0, one, zero)
-                partial[b] = acc.sum()
+                    _recompute_bptt_atan4(xs[0], xs[1], xs[2], xs[3], gs[0], gs[1], gs[2], gs[3], gxs[0], gxs[1],
+                                          gxs[2], gxs[3], kind, hard, detach, th, reset, reset_r, th_r, rest, k, a, ha,
+                                          v0, one, zero)
                 continue
             hb = np.empty((T, n), dtype=c.dtype)                   # H[t]
             sb = np.empty((T, n) if sigmoid else (T, 0), dtype=c.dtype)   # Sigmoid's surrogate gradient at H[t]
