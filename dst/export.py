@@ -9,6 +9,7 @@ and a file format that rebuilds the model with only torch + dst.
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import warnings
@@ -156,9 +157,15 @@ def to_torchscript(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptM
 
 
 def save_torchscript(module: torch.jit.ScriptModule, path: str | os.PathLike) -> None:
+    """Serialised in memory, then written by Python: torch.jit.save's own file writer, on a full disk, throws from
+    its destructor while the first error unwinds, and the process aborts (SIGABRT, seen with `dst export` onto a
+    full tmpfs) where a Python write raises OSError(ENOSPC) and the caller can clean up."""
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)  # torch.jit is deprecated for torch.export
-        torch.jit.save(module, str(path))
+        torch.jit.save(module, buffer)
+    with open(path, "wb") as f:
+        f.write(buffer.getbuffer())
 
 
 def load_torchscript(path: str | os.PathLike) -> torch.jit.ScriptModule:

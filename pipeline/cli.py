@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-from pipeline.errors import UsageError
+from pipeline.errors import StorageError, UsageError
+from pipeline.storage import OUT_OF_SPACE_ERRNOS
 
 # name -> (module, one-line help). Order is the order of the pipeline.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +65,16 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"dst {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except StorageError as err:
+        print(f"dst {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except OSError as err:
+        if err.errno not in OUT_OF_SPACE_ERRNOS:
+            raise
+        # A write no stage wraps in storage.writing: Python's OSError names the file when it has one.
+        where = f" (writing {err.filename})" if err.filename else ""
+        print(f"dst {args.command}: error: {err.strerror}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

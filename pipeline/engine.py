@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import torch
 
 from pipeline import checkpoint as ckpt
+from pipeline import storage
 from pipeline.config import ExperimentConfig, dump_config
 from pipeline.errors import UsageError
 from pipeline.tracking import redact_uri
@@ -329,7 +331,18 @@ def save_checkpoint(engine, ckpt_dir: Path, cfg: ExperimentConfig, state: dict, 
     tag = ckpt.tag_for_epoch(state["epoch"])
     client = {"dst": {**state, "model_name": engine.module.model_name, "model_kwargs": engine.module.model_kwargs,
                       "config": cfg.model_dump(mode="json"), "zero_stage": cfg.trainer.zero_stage}}
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
+    try:
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client, save_latest=False)
+    except (OSError, RuntimeError) as err:
+        # No pointer names the partial tag; removing it gives the space back for the resume.
+        previous = ckpt.read_pointer(ckpt_dir, "latest")
+        kept = (f"The last complete checkpoint, {ckpt_dir / previous} "
+                f"({storage.human_bytes(storage.tree_bytes(ckpt_dir / previous))}), is intact: free about that much "
+                f"space and run the same command to resume from it" if previous
+                else "No earlier checkpoint of this run exists")
+        raise storage.write_failure(err, ckpt_dir / tag, "checkpoint",
+                                    remove_partial=lambda: shutil.rmtree(ckpt_dir / tag, ignore_errors=True),
+                                    kept=kept) from err
     dist.barrier()
     if is_rank0:
         ckpt.write_pointer(ckpt_dir, "latest", tag)

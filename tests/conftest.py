@@ -86,6 +86,43 @@ def slurm_cluster() -> SlurmCluster:
                            env={**os.environ, "DST_SLURM_DIR": str(state_dir)})
 
 
+class SmallFilesystem:
+    """A tmpfs of a few MiB mounted at `path`: a disk that really fills up (ENOSPC from the kernel, SIGBUS for a
+    memmap's pages), for the full-disk tests."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.mounted = False
+
+    def mount(self, size_bytes: int) -> Path:
+        self.path.mkdir(parents=True, exist_ok=True)
+        run(["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(self.path)])
+        self.mounted = True
+        return self.path
+
+    def resize(self, size_bytes: int) -> None:
+        run(["mount", "-o", f"remount,size={size_bytes}", str(self.path)])
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """SmallFilesystem at tmp_path/fs, unmounted afterwards. Needs root (CAP_SYS_ADMIN): elsewhere it skips, but with
+    CI=true it fails, so CI never passes by skipping the full-disk tests."""
+    cannot = pytest.fail if _truthy("CI") else pytest.skip
+    fs = SmallFilesystem(tmp_path / "fs")
+    probe = tmp_path / "mount-probe"
+    probe.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1M", "tmpfs", str(probe)],
+                      capture_output=True).returncode != 0:
+        cannot("the full-disk tests mount a small tmpfs, which needs root (CAP_SYS_ADMIN)")
+    subprocess.run(["umount", str(probe)], check=True)
+    try:
+        yield fs
+    finally:
+        if fs.mounted:
+            subprocess.run(["umount", "--lazy", str(fs.path)], capture_output=True)
+
+
 def pytest_collection_modifyitems(config, items):
     # Every test that uses the real cluster carries the `slurm` marker (`-m "not slurm"` deselects them).
     for item in items:

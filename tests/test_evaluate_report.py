@@ -308,3 +308,29 @@ def test_report_console_script_in_a_subprocess(tmp_path):
     assert str(tmp_path / "missing") in bad.stderr and not (tmp_path / "r").exists()
     helped = subprocess.run(cmd + ["evaluate", "--help"], capture_output=True, text=True, timeout=120, env=env)
     assert helped.returncode == 0 and "--max-batches" in helped.stdout and "KEY=VALUE" in helped.stdout
+
+
+def test_evaluate_and_report_onto_a_full_disk_fail_in_one_line_and_leave_nothing(campaign, small_filesystem, capsys):
+    """A 64 KiB filesystem holds neither the report's plots nor, once filled, the evaluation: one line naming the
+    output (exit 1, no traceback), and no partial or temporary files."""
+    runs = [campaign["dst"], campaign["noaap"]]
+    for run in runs:
+        if not (run / "eval.json").exists():
+            assert main(["evaluate", "--run", str(run)]) == 0
+    fs = small_filesystem.mount(64 << 10)
+    out = fs / "report"
+    rc, _, err = run_cli(["report", "--runs", *map(str, runs), "--out", str(out)], capsys)
+    assert rc == 1
+    assert err.strip().splitlines() == [f"dst report: error: cannot write the report to {out}: "
+                                        "no space left on device (or over quota)"]
+    assert list(fs.iterdir()) == []
+
+    with open(fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space left"):
+        while True:  # until the filesystem is full
+            filler.write(b"\0" * 4096)
+    eval_out = fs / "eval.json"
+    rc, _, err = run_cli(["evaluate", "--run", str(campaign["dst"]), "--out", str(eval_out)], capsys)
+    assert rc == 1
+    assert err.strip().splitlines()[-1] == (f"dst evaluate: error: cannot write the evaluation {eval_out}: "
+                                            "no space left on device (or over quota)")
+    assert sorted(p.name for p in fs.iterdir()) == ["filler"]

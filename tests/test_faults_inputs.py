@@ -205,3 +205,26 @@ def test_config_error_exit_status_of_the_real_command(tmp_path, images):
     error = _one_line_error(proc.stderr, "train")
     assert "trainer.max_steps_per_epoch" in error and "greater than or equal to 1" in error
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("filename", ["/scratch/run/metrics.json", None])
+def test_a_full_disk_no_stage_wraps_is_still_one_line(monkeypatch, capsys, filename):
+    """The last resort in `dst`'s main: an ENOSPC/EDQUOT OSError from a write no stage turned into a StorageError
+    is one line (naming the file when Python knows it) and exit 1; any other OSError keeps its traceback."""
+    import errno
+    import sys
+    import types
+
+    from pipeline import cli
+    fake = types.ModuleType("fake_stage")
+    fake.configure = lambda parser: None
+    fake.run = lambda args: (_ for _ in ()).throw(OSError(errno.EDQUOT, os.strerror(errno.EDQUOT), filename))
+    monkeypatch.setitem(sys.modules, "fake_stage", fake)
+    monkeypatch.setitem(cli.SUBCOMMANDS, "fake", ("fake_stage", "a stage that fills the quota"))
+    assert cli.main(["fake"]) == 1
+    where = f" (writing {filename})" if filename else ""
+    assert capsys.readouterr().err == f"dst fake: error: Disk quota exceeded{where}\n"
+
+    fake.run = lambda args: (_ for _ in ()).throw(OSError(errno.EACCES, "Permission denied", filename))
+    with pytest.raises(PermissionError):
+        cli.main(["fake"])

@@ -124,3 +124,18 @@ def test_stale_temporaries_of_dead_runs_are_removed_and_live_ones_kept(tmp_path)
     (stale_dir / "train").mkdir(parents=True)
     remove_stale_temps(tmp_path / "demo_images")
     assert not stale_dir.exists()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kind", ["imagenet", "dvs"])
+def test_full_disk_while_preparing_is_one_error_and_leaves_nothing(kind, raw_images, raw_dvs, small_filesystem):
+    """2 MiB cannot hold either split. The DVS frames used to be stored into a writable memmap, whose sparse pages
+    killed the process with SIGBUS (exit 135, no message, its temp file left) when the disk filled."""
+    out = small_filesystem.mount(2 << 20) / "prepared"
+    args = (["imagenet", "--raw", raw_images, "--max-resolution", "32", "--workers", "1"] if kind == "imagenet" else
+            ["dvs", "--dataset", "dvs_gesture", "--raw", raw_dvs, "--frames", "4", "--size", "32", "--workers", "2"])
+    proc = dst("data", *args, "--out", out)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (f"dst data: error: cannot write prepared data under {out}: "
+                                                    "no space left on device (or over quota)")
+    assert _names(out) == set()  # neither a final name nor a temporary one

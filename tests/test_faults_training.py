@@ -99,6 +99,51 @@ def test_rank_killed_mid_epoch_names_the_rank_and_a_rerun_resumes(tmp_path, demo
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# A full disk (or quota) while writing a checkpoint, then an export
+
+
+def _tags(ckpts: Path) -> list[str]:
+    return sorted(p.name for p in ckpts.iterdir() if p.name.startswith("epoch"))
+
+
+@pytest.mark.timeout(600)
+def test_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_same_command_resumes(
+        tmp_path, demo, small_filesystem):
+    """150 MiB hold epoch 1's checkpoint (~87 MiB: ResNet-18 with its AAP, and SGD momentum), not epoch 2's too.
+    `dst train` then stops with one line naming the tag it could not write and the one it kept, and removes the
+    partial tag; `dst export` onto what is left fails the same way and leaves nothing; with room again, the same
+    command resumes from epoch 1."""
+    run_dir = small_filesystem.mount(150 << 20) / "run"
+    ckpts = run_dir / "checkpoints"
+    cfg = experiment(tmp_path, demo, output_dir=str(run_dir), trainer={"max_steps_per_epoch": 2})
+
+    full = dst("train", "--config", cfg, timeout=300)
+    assert full.returncode == 1, full.stderr[-5000:]
+    assert "Traceback" not in full.stderr, full.stderr[-5000:]
+    assert full.stderr.strip().splitlines()[-1].startswith(
+        f"dst train: error: cannot write checkpoint {ckpts / 'epoch0002'}: no space left on device (or over quota). "
+        f"The last complete checkpoint, {ckpts / 'epoch0001'} ("), full.stderr[-2000:]
+    assert _tags(ckpts) == ["epoch0001"]
+    assert _pointer(ckpts) == _pointer(ckpts, "best") == "epoch0001"
+    from pipeline.checkpoint import load_for_export
+    assert load_for_export(ckpts).tag == "epoch0001"
+
+    export_dir = run_dir.parent / "export"
+    exported = dst("export", "--checkpoint", ckpts, "--out", export_dir, timeout=300)
+    assert exported.returncode == 1, exported.stderr[-5000:]
+    assert exported.stderr.strip().splitlines()[-1] == (
+        f"dst export: error: cannot write the export to {export_dir}: no space left on device (or over quota)")
+    assert sorted(p.name for p in run_dir.parent.iterdir()) == ["run"]  # no export, no temporary directory
+
+    small_filesystem.resize(400 << 20)
+    resumed = dst("train", "--config", cfg, timeout=300)
+    _ok(resumed)
+    assert f"resuming t from {ckpts / 'epoch0001'} (epoch 1)" in resumed.stderr
+    assert [h["epoch"] for h in _history(run_dir)] == [1, 2]
+    assert _pointer(ckpts) == "epoch0002"
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Killed while writing a checkpoint (+ secrets and the MLflow server's bind address, on the same runs)
 
 

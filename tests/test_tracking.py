@@ -1,5 +1,8 @@
-"""MLflow tracking: a transient failure during training is retried and never raises; non-zero ranks log nothing."""
+"""MLflow tracking: a transient failure during training is retried and never raises; non-zero ranks log nothing;
+`dst track` starts and ends the workflow's parent run, and marks it FAILED when it cannot write the run's id."""
 import logging
+
+import pytest
 
 from pipeline.config import config_from_dict
 from pipeline.tracking import Tracker, run_tags
@@ -47,3 +50,38 @@ def test_run_tags_never_copy_the_environment(monkeypatch):
     tags = run_tags(world_size=2)
     assert tags["slurm_job_id"] == "42" and tags["world_size"] == "2"
     assert not any("hf_secret_value" in str(v) for v in tags.values())
+
+
+def _parent_runs(uri: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("wf")
+    return {r.info.run_id: r.info.status for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_track_start_and_end_the_parent_run(tmp_path, monkeypatch):
+    from pipeline.cli import main
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri, run_id_file = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "run" / "parent_run_id"
+    assert main(["track", "start", "--experiment", "wf", "--run-name", "demo", "--out", str(run_id_file),
+                 "--tracking-uri", uri]) == 0
+    run_id = run_id_file.read_text().strip()
+    assert _parent_runs(uri) == {run_id: "RUNNING"}
+    assert main(["track", "end", "--run-id-file", str(run_id_file), "--tracking-uri", uri]) == 0
+    assert _parent_runs(uri) == {run_id: "FINISHED"}
+
+
+def test_track_start_onto_a_full_disk_fails_the_parent_run(tmp_path, small_filesystem, capsys, monkeypatch):
+    from pipeline.cli import main
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    fs = small_filesystem.mount(4 << 10)
+    with open(fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space left"):
+        while True:
+            filler.write(b"\0" * 512)
+    uri, run_id_file = f"sqlite:///{tmp_path}/mlflow.db", fs / "parent_run_id"
+    assert main(["track", "start", "--experiment", "wf", "--run-name", "demo", "--out", str(run_id_file),
+                 "--tracking-uri", uri]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"dst track: error: cannot write the parent run's id to {run_id_file}: no space left on device (or over quota)")
+    assert sorted(p.name for p in fs.iterdir()) == ["filler"]
+    assert list(_parent_runs(uri).values()) == ["FAILED"]  # not left RUNNING for ever

@@ -115,7 +115,8 @@ def exit_cleanly_on_sigterm() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    with exit_cleanly_on_sigterm():
+    from pipeline import storage
+    with exit_cleanly_on_sigterm(), storage.writing(args.out, "prepared data under"):
         return _run(args)
 
 

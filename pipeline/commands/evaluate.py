@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 
@@ -209,7 +210,8 @@ def run(args: argparse.Namespace) -> int:
         "fsnn_top1_minus_training": None if training is None or training.get("val/fsnn_top1") is None
         else result["fsnn_top1"] - training["val/fsnn_top1"],
     }
-    write_json_atomic(out, report)
+    with storage.writing(out, "the evaluation"):
+        write_json_atomic(out, report)
     dsnn_text = "" if dsnn is None else f"; DSNN top-1 {report['dsnn_top1']:.2f}% top-5 {report['dsnn_top5']:.2f}%"
     print(f"evaluated {export_dir} on {report['samples']} {cfg.data.dataset} validation samples: "
           f"FSNN top-1 {report['fsnn_top1']:.2f}% top-5 {report['fsnn_top5']:.2f}%{dsnn_text}; "

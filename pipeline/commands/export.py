@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 ARTIFACTS = ("fsnn.pt", "fsnn.ts", "dsnn.pt", "report.json")
@@ -277,12 +278,13 @@ def run(args: argparse.Namespace) -> int:
 
     tmp = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}.tmp-"))
     try:
-        report = export(model, x, tmp, with_dsnn=with_dsnn, allow_not_full_spike=args.allow_not_full_spike)
-        report = {"format": "dst-export-report", "version": 1, "checkpoint": str(args.checkpoint),
-                  "checkpoint_kind": src.description, "inputs": inputs_info, **report,
-                  "config": json.loads(json.dumps(src.config, default=str))}
-        (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        publish(tmp, args.out)
+        with storage.writing(args.out, "the export to"):
+            report = export(model, x, tmp, with_dsnn=with_dsnn, allow_not_full_spike=args.allow_not_full_spike)
+            report = {"format": "dst-export-report", "version": 1, "checkpoint": str(args.checkpoint),
+                      "checkpoint_kind": src.description, "inputs": inputs_info, **report,
+                      "config": json.loads(json.dumps(src.config, default=str))}
+            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            publish(tmp, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     fs = report["fsnn"]

@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 OUTPUT_FILES = ("report.md", "summary.csv", "summary.json")
@@ -211,12 +212,13 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
     try:
-        plots = plot_all(runs, tmp / PLOTS_DIR)
-        title = args.title or f"DST results: {out.name}"
-        (tmp / "report.md").write_text(render_markdown(runs, plots, title))
-        (tmp / "summary.csv").write_text(summary_csv(runs))
-        (tmp / "summary.json").write_text(summary_json(runs, plots))
-        publish(tmp, out)
+        with storage.writing(out, "the report to"):
+            plots = plot_all(runs, tmp / PLOTS_DIR)
+            title = args.title or f"DST results: {out.name}"
+            (tmp / "report.md").write_text(render_markdown(runs, plots, title))
+            (tmp / "summary.csv").write_text(summary_csv(runs))
+            (tmp / "summary.json").write_text(summary_json(runs, plots))
+            publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"report of {len(runs)} experiment(s) written to {out}/report.md (plots in {out}/{PLOTS_DIR}/)")

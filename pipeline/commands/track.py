@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 
@@ -50,10 +51,16 @@ def run(args: argparse.Namespace) -> int:
                                 tags={"dst.role": "workflow", "git_commit": git_commit()})
         for key, value in params.items():
             client.log_param(run.info.run_id, key, value)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         tmp = args.out.with_name(f".{args.out.name}.tmp")
-        tmp.write_text(run.info.run_id + "\n")
-        tmp.replace(args.out)
+        try:
+            with storage.writing(args.out, "the parent run's id to"):
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                tmp.write_text(run.info.run_id + "\n")
+                tmp.replace(args.out)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            client.set_terminated(run.info.run_id, status="FAILED")  # no workflow will ever end it
+            raise
         print(f"parent run {run.info.run_id} in experiment {args.experiment!r} ({uri})")
         return 0
     if not args.run_id_file.is_file():

@@ -12,12 +12,14 @@ which leaves out the last N mod T events). split_by "time": T frames of equal du
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import math
 import multiprocessing
 import os
 import re
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from tqdm import tqdm
@@ -150,11 +152,11 @@ def _convert(index: int) -> tuple[np.ndarray, int]:
         raise UsageError(f"{source}: cannot integrate its events into frames ({type(err).__name__}: {err})") from None
 
 
-def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple, frames_tmp: Path,
-                 labels_tmp: Path, workers: int, frames: int) -> np.ndarray:
-    out = np.lib.format.open_memmap(frames_tmp, mode="w+", dtype=np.int16, shape=(len(indices), *shape))
-    labels = np.empty(len(indices), np.int64)
+@contextlib.contextmanager
+def _converted(dataset, indices: list[int], transform, frames: int, workers: int) -> Iterator[Iterator[tuple]]:
+    """(frames, label) of each recording, in order; with workers > 1 from a process pool that is gone afterwards."""
     _WORK.update(dataset=dataset, transform=transform, frames=frames)
+    pool = None
     try:
         if workers > 1:
             # spawn, not fork: forking a process that already runs threads (tqdm's monitor, a previous pool's
@@ -165,21 +167,31 @@ def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple
             pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                                           initializer=_init_worker,
                                                           initargs=(dataset, transform, frames))
-            results = pool.map(_convert, indices, chunksize=8)
+            yield pool.map(_convert, indices, chunksize=8)
         else:
-            pool, results = None, map(_convert, indices)
-        try:
-            for i, (frame, label) in enumerate(tqdm(results, total=len(indices), desc=f"{name} frames",
-                                                    unit="rec", mininterval=1.0)):
-                out[i] = frame
-                labels[i] = label
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True, cancel_futures=True)   # the chunks running finish; the rest never start
+            yield map(_convert, indices)
     finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)   # the chunks running finish; the rest never start
         _WORK.clear()
-    out.flush()
-    del out
+
+
+def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple, frames_tmp: Path,
+                 labels_tmp: Path, workers: int, frames: int) -> np.ndarray:
+    labels = np.empty(len(indices), np.int64)
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.int16)), "fortran_order": False,
+              "shape": (len(indices), *shape)}
+    # The recordings come back in order, so the .npy is written as a stream rather than through a writable memmap:
+    # a full disk then fails a write() with ENOSPC, where storing into a memmap's sparse pages kills the process
+    # with SIGBUS (seen: `dst data dvs` onto a full tmpfs died with "Bus error" and left its temp file).
+    with open(frames_tmp, "wb") as out, _converted(dataset, indices, transform, frames, workers) as results:
+        np.lib.format.write_array_header_1_0(out, header)
+        for i, (frame, label) in enumerate(tqdm(results, total=len(indices), desc=f"{name} frames", unit="rec",
+                                                mininterval=1.0)):
+            if frame.shape != tuple(shape):
+                raise AssertionError(f"{dataset.data[indices[i]]}: frames of shape {frame.shape}, not {tuple(shape)}")
+            out.write(np.ascontiguousarray(frame, dtype=np.int16).tobytes())
+            labels[i] = label
     with open(labels_tmp, "wb") as f:
         np.save(f, labels)
     return labels
