@@ -73,12 +73,12 @@ def write_failure(err: BaseException, path: str | Path, what: str, *, remove_par
 
 
 @contextlib.contextmanager
-def writing(path: str | Path, what: str, *, remove_partial: Callable[[], None] | None = None,
-            kept: str = "") -> Iterator[None]:
-    """A full disk while writing `what` at `path` becomes a StorageError naming both; other errors pass through."""
+def writing(path: str | Path, what: str) -> Iterator[None]:
+    """A full disk while writing `what` at `path` becomes a StorageError naming both; other errors pass through.
+    The block's own cleanup (temporary names, atomic renames) is what leaves nothing partial."""
     try:
         yield
     except (OSError, RuntimeError) as err:
         if not is_out_of_space(err, path):
             raise
-        raise write_failure(err, path, what, remove_partial=remove_partial, kept=kept) from err
+        raise write_failure(err, path, what) from err

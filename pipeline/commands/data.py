@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from pipeline import storage
 from pipeline.errors import UsageError
 
 DEMO_NEXT_STEPS = """next:
@@ -115,7 +116,6 @@ def exit_cleanly_on_sigterm() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline import storage
     with exit_cleanly_on_sigterm(), storage.writing(args.out, "prepared data under"):
         return _run(args)
 
