@@ -311,6 +311,8 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
             tracker.log_metrics(metrics, step=epoch + 1)
             if is_rank0:
                 log.info("epoch %d: %s", epoch + 1, _fmt(metrics))
+                if epoch + 1 < cfg.trainer.epochs:
+                    warn_if_the_next_checkpoint_may_not_fit(ckpt_dir, ckpt.tag_for_epoch(epoch + 1), epoch + 2)
         status = "FINISHED"
     finally:
         tracker.end(status)
@@ -350,6 +352,16 @@ def save_checkpoint(engine, ckpt_dir: Path, cfg: ExperimentConfig, state: dict, 
             ckpt.write_pointer(ckpt_dir, "best", tag)
         ckpt.prune(ckpt_dir, cfg.trainer.checkpoint_every)
     dist.barrier()
+
+
+def warn_if_the_next_checkpoint_may_not_fit(ckpt_dir: Path, tag: str, next_epoch: int) -> None:
+    """Said an epoch ahead: the next checkpoint is about as big as this one, and a disk or quota that fills during
+    the save costs the epoch (the save fails, and the run resumes from this one)."""
+    size, free = storage.tree_bytes(ckpt_dir / tag), storage.free_bytes(ckpt_dir)
+    if free is not None and free < size:
+        log.warning("%s free on the filesystem of %s, but the next checkpoint needs about %s (as %s did): free some "
+                    "space before epoch %d ends", storage.human_bytes(free), ckpt_dir, storage.human_bytes(size), tag,
+                    next_epoch)
 
 
 VAL_BATCH_FILE = "val_batch.pt"

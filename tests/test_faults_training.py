@@ -110,8 +110,8 @@ def _tags(ckpts: Path) -> list[str]:
 def test_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_same_command_resumes(
         tmp_path, demo, small_filesystem):
     """150 MiB hold epoch 1's checkpoint (~87 MiB: ResNet-18 with its AAP, and SGD momentum), not epoch 2's too.
-    `dst train` then stops with one line naming the tag it could not write and the one it kept, and removes the
-    partial tag; `dst export` onto what is left fails the same way and leaves nothing; with room again, the same
+    `dst train` warns after epoch 1 that the next checkpoint may not fit, then stops with one line naming the tag it
+    could not write and the one it kept, and removes the partial tag; `dst export` onto what is left fails the same way and leaves nothing; with room again, the same
     command resumes from epoch 1."""
     run_dir = small_filesystem.mount(150 << 20) / "run"
     ckpts = run_dir / "checkpoints"
@@ -120,6 +120,10 @@ def test_full_disk_while_checkpointing_keeps_the_last_checkpoint_and_the_same_co
     full = dst("train", "--config", cfg, timeout=300)
     assert full.returncode == 1, full.stderr[-5000:]
     assert "Traceback" not in full.stderr, full.stderr[-5000:]
+    # Said after epoch 1 already, when ~63 MiB were left:
+    assert re.search(rf"WARNING [\d.]+ MiB free on the filesystem of {re.escape(str(ckpts))}, but the next checkpoint "
+                     r"needs about [\d.]+ MiB \(as epoch0001 did\): free some space before epoch 2 ends",
+                     full.stderr), full.stderr[-3000:]
     assert full.stderr.strip().splitlines()[-1].startswith(
         f"dst train: error: cannot write checkpoint {ckpts / 'epoch0002'}: no space left on device (or over quota). "
         f"The last complete checkpoint, {ckpts / 'epoch0001'} ("), full.stderr[-2000:]
