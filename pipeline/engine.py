@@ -282,9 +282,8 @@ def train(cfg: ExperimentConfig) -> dict[str, Any]:
     state["mlflow_run_id"] = tracker.start(state["mlflow_run_id"], run_tags(world_size)) or state["mlflow_run_id"]
     if is_rank0:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = out_dir / ".config.yaml.tmp"
-        tmp.write_text(redact_uri(dump_config(cfg)))  # logged as an artifact: no user:password@ of a URI
-        os.replace(tmp, out_dir / "config.yaml")
+        config_text = redact_uri(dump_config(cfg))  # logged as an artifact: no user:password@ of a URI
+        storage.write_atomically(out_dir / "config.yaml", "the run's config", lambda tmp: tmp.write_text(config_text))
         tracker.log_artifact(out_dir / "config.yaml")
     status = "FAILED"
     try:
@@ -370,9 +369,8 @@ VAL_BATCH_FILE = "val_batch.pt"
 def save_val_batch(loader, path: Path, samples: int = 16) -> None:
     """A few validation inputs next to the checkpoints: export measures firing rates on real data with them."""
     for x, y in loader:
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save({"inputs": x[:samples].float().cpu(), "targets": y[:samples].cpu()}, tmp)
-        os.replace(tmp, path)
+        batch = {"inputs": x[:samples].float().cpu(), "targets": y[:samples].cpu()}
+        storage.write_atomically(path, "the validation batch", lambda tmp: torch.save(batch, tmp))
         return
 
 
@@ -383,9 +381,8 @@ def _check_same_model(client: dict, model, where: Path) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(data, indent=2, default=str)
+    storage.write_atomically(path, "the run's metrics", lambda tmp: tmp.write_text(text))
 
 
 def _fmt(metrics: dict[str, float]) -> str:

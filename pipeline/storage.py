@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
@@ -82,3 +83,17 @@ def writing(path: str | Path, what: str) -> Iterator[None]:
         if not is_out_of_space(err, path):
             raise
         raise write_failure(err, path, what) from err
+
+
+def write_atomically(path: str | Path, what: str, write: Callable[[Path], object]) -> None:
+    """write(tmp), then rename it onto `path` (its folder made if missing): readers see the old file or the new one,
+    never a partial one. A full disk is a StorageError naming `path`; the temporary file is gone whatever happened."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with writing(path, what):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write(tmp)
+            os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -137,14 +136,6 @@ def training_numbers(metrics_path: Path) -> dict[str, Any] | None:
     return {"epoch": last.get("epoch"), **{k: last.get(k) for k in keys}}
 
 
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _device(name: str | None) -> torch.device:
@@ -210,8 +201,8 @@ def run(args: argparse.Namespace) -> int:
         "fsnn_top1_minus_training": None if training is None or training.get("val/fsnn_top1") is None
         else result["fsnn_top1"] - training["val/fsnn_top1"],
     }
-    with storage.writing(out, "the evaluation"):
-        write_json_atomic(out, report)
+    text = json.dumps(report, indent=2) + "\n"
+    storage.write_atomically(out, "the evaluation", lambda tmp: tmp.write_text(text))
     dsnn_text = "" if dsnn is None else f"; DSNN top-1 {report['dsnn_top1']:.2f}% top-5 {report['dsnn_top5']:.2f}%"
     print(f"evaluated {export_dir} on {report['samples']} {cfg.data.dataset} validation samples: "
           f"FSNN top-1 {report['fsnn_top1']:.2f}% top-5 {report['fsnn_top5']:.2f}%{dsnn_text}; "

@@ -51,14 +51,10 @@ def run(args: argparse.Namespace) -> int:
                                 tags={"dst.role": "workflow", "git_commit": git_commit()})
         for key, value in params.items():
             client.log_param(run.info.run_id, key, value)
-        tmp = args.out.with_name(f".{args.out.name}.tmp")
         try:
-            with storage.writing(args.out, "the parent run's id to"):
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                tmp.write_text(run.info.run_id + "\n")
-                tmp.replace(args.out)
+            storage.write_atomically(args.out, "the parent run's id to",
+                                     lambda tmp: tmp.write_text(run.info.run_id + "\n"))
         except BaseException:
-            tmp.unlink(missing_ok=True)
             client.set_terminated(run.info.run_id, status="FAILED")  # no workflow will ever end it
             raise
         print(f"parent run {run.info.run_id} in experiment {args.experiment!r} ({uri})")
