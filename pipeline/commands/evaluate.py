@@ -136,8 +136,6 @@ def training_numbers(metrics_path: Path) -> dict[str, Any] | None:
     return {"epoch": last.get("epoch"), **{k: last.get(k) for k in keys}}
 
 
-
-
 def _device(name: str | None) -> torch.device:
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
