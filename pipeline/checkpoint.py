@@ -22,6 +22,7 @@ from typing import Any, Iterator
 import torch
 
 from dst.models.channels_last import standard_state_dict
+from pipeline import storage
 from pipeline.errors import UsageError
 
 TAG_RE = re.compile(r"^epoch(\d{4,})$")
@@ -32,9 +33,7 @@ def tag_for_epoch(epoch: int) -> str:
 
 
 def write_pointer(ckpt_dir: Path, name: str, tag: str) -> None:
-    tmp = ckpt_dir / f".{name}.tmp"
-    tmp.write_text(tag + "\n")
-    os.replace(tmp, ckpt_dir / name)
+    storage.write_atomically(Path(ckpt_dir) / name, f"the {name!r} pointer", lambda tmp: tmp.write_text(tag + "\n"))
 
 
 def read_pointer(ckpt_dir: Path, name: str = "latest") -> str | None:

@@ -85,11 +85,17 @@ def writing(path: str | Path, what: str) -> Iterator[None]:
         raise write_failure(err, path, what) from err
 
 
+def temp_name(path: Path) -> Path:
+    """Where `path` is written before it is complete (same folder, so the rename is atomic; the pid lets
+    pipeline.data.common.remove_stale_temps tell a dead run's leftovers from a live run's)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
 def write_atomically(path: str | Path, what: str, write: Callable[[Path], object]) -> None:
     """write(tmp), then rename it onto `path` (its folder made if missing): readers see the old file or the new one,
     never a partial one. A full disk is a StorageError naming `path`; the temporary file is gone whatever happened."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_name(path)
     try:
         with writing(path, what):
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Iterator
 
 from pipeline.errors import UsageError
+from pipeline.storage import temp_name
 
 META_FILE = "meta.json"
 
@@ -27,11 +28,6 @@ def resolve_workers(workers: int | None) -> int:
     if workers < 0:
         raise UsageError(f"workers must be >= 0, got {workers}")
     return workers
-
-
-def temp_name(path: Path) -> Path:
-    """Where `path` is written before it is complete (same folder, so the rename is atomic)."""
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -21,7 +21,8 @@ from PIL import Image
 
 from pipeline.data.aedat4 import write_aedat4
 from pipeline.data.cards import load_card
-from pipeline.data.common import remove_stale_temps, temp_name
+from pipeline.data.common import remove_stale_temps
+from pipeline.storage import temp_name
 
 LIGHTINGS = ("fluorescent", "fluorescent_led", "lab", "led", "natural")  # as in DVS128 Gesture
 TRAIN_USERS = range(1, 24)  # DVS128 Gesture: users 1-23 train, 24-29 test

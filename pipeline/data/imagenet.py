@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data.common import META_FILE, atomic_outputs, check_file_size, resolve_workers, temp_name, write_meta
+from pipeline.data.common import META_FILE, atomic_outputs, check_file_size, resolve_workers, write_meta
+from pipeline.storage import temp_name
 from pipeline.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
