@@ -104,6 +104,14 @@ class SmallFilesystem:
     def resize(self, size_bytes: int) -> None:
         run(["mount", "-o", f"remount,size={size_bytes}", str(self.path)])
 
+    def fill(self) -> Path:
+        """Write `filler` until the kernel says ENOSPC: nothing more fits afterwards."""
+        filler = self.path / "filler"
+        with open(filler, "wb", buffering=0) as f, pytest.raises(OSError, match="No space left"):
+            while True:
+                f.write(b"\0" * 512)
+        return filler
+
 
 @pytest.fixture
 def small_filesystem(tmp_path):

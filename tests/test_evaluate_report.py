@@ -325,9 +325,7 @@ def test_evaluate_and_report_onto_a_full_disk_fail_in_one_line_and_leave_nothing
                                         "no space left on device (or over quota)"]
     assert list(fs.iterdir()) == []
 
-    with open(fs / "filler", "wb", buffering=0) as filler, pytest.raises(OSError, match="No space left"):
-        while True:  # until the filesystem is full
-            filler.write(b"\0" * 4096)
+    small_filesystem.fill()
     eval_out = fs / "eval.json"
     rc, _, err = run_cli(["evaluate", "--run", str(campaign["dst"]), "--out", str(eval_out)], capsys)
     assert rc == 1
