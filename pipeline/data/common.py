@@ -1,10 +1,13 @@
-"""Small helpers shared by the data commands and loaders: worker counts, atomic outputs, meta.json."""
+"""Small helpers shared by the data commands and loaders: worker counts, atomic outputs, SIGTERM deferral,
+meta.json."""
 from __future__ import annotations
 
 import contextlib
 import json
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -102,3 +105,34 @@ def check_file_size(path: Path, expected: int) -> None:
         what = "truncated" if actual < expected else "larger than written"
         raise UsageError(f"prepared file {path} is {what}: {actual} bytes, expected {expected} "
                          f"(prepare it again)")
+
+
+@contextlib.contextmanager
+def sigterm_deferred() -> Iterator[None]:
+    """A SIGTERM that arrives in the block is handled (by the handler in place before it) when the block ends.
+
+    `dst data` turns SIGTERM into an exception, raised wherever the main thread is. Around the start of worker
+    processes, such an exception could leave a worker that the clean-up does not know of (raised between the fork
+    and the start's return), or a lock taken and never released (raised between a lock's acquire and the `with`
+    that releases it), which the clean-up then waits on forever. (Not pthread_sigmask: that blocks the signal in
+    this thread only, and another thread, a queue's feeder, would take it.) A process forked in the block keeps
+    SIGTERM's default action."""
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
+        yield
+        return
+    parent, pending = os.getpid(), []
+
+    def defer(signum, frame):
+        if os.getpid() != parent:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        else:
+            pending.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, defer)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if pending:
+            os.kill(os.getpid(), signal.SIGTERM)

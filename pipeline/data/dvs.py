@@ -25,7 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.cards import load_card
-from pipeline.data.common import META_FILE, atomic_outputs, resolve_workers, write_meta
+from pipeline.data.common import META_FILE, atomic_outputs, resolve_workers, sigterm_deferred, write_meta
 from pipeline.data.frames import SPLIT_BY, EventsToFrames
 from pipeline.errors import UsageError
 
@@ -164,16 +164,42 @@ def _converted(dataset, indices: list[int], transform, frames: int, workers: int
             # concurrent.futures, not multiprocessing.Pool: after a worker raised, Pool.terminate() can wait forever
             # on the task queue's read lock that an idle worker holds (cpython#78178); seen once in CI, in the test
             # whose recording is malformed.
-            pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                          initializer=_init_worker,
-                                                          initargs=(dataset, transform, frames))
-            yield pool.map(_convert, indices, chunksize=8)
+            # SIGTERM deferred while the pool starts and takes the work: raised inside submit() while it holds the
+            # pool's shutdown lock, it would make any shutdown wait forever.
+            with sigterm_deferred():
+                pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_init_worker,
+                                                              mp_context=multiprocessing.get_context("spawn"),
+                                                              initargs=(dataset, transform, frames))
+                results = pool.map(_convert, indices, chunksize=8)
+            yield results
         else:
             yield map(_convert, indices)
+    except (SystemExit, KeyboardInterrupt):  # a signal (`dst data` raises SystemExit on SIGTERM): the process ends next
+        if pool is not None:
+            _stop_workers(pool)
+            pool = None
+        raise
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)   # the chunks running finish; the rest never start
         _WORK.clear()
+
+
+def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    """Stop the pool's workers without waiting for their work. Not shutdown(wait=True): a worker that died of the
+    signal breaks the pool, and CPython's broken-pool handling then joins every worker, including one that a
+    submit() racing with it had just started and that was never told to stop; that worker blocks on a full result
+    pipe nobody reads (seen: 16 of 40 `dst data dvs` runs hung when SIGTERM reached the group as the pool started,
+    its late workers having been spawned after the signal). The pool's workers are this process's only
+    multiprocessing children while frames are converted."""
+    pool.shutdown(wait=False, cancel_futures=True)
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.terminate()
+    for worker in workers:
+        worker.join(5)
+        if worker.is_alive():
+            worker.kill()
 
 
 def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple, frames_tmp: Path,
