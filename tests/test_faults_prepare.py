@@ -138,4 +138,5 @@ def test_full_disk_while_preparing_is_one_error_and_leaves_nothing(kind, raw_ima
     assert proc.returncode == 1, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (f"dst data: error: cannot write prepared data under {out}: "
                                                     "no space left on device (or over quota)")
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # none from the FFCV writer's processes either
     assert _names(out) == set()  # neither a final name nor a temporary one

@@ -8,6 +8,8 @@ processes and fails fast, and the progress bar names the file being written. An 
 from __future__ import annotations
 
 import ctypes
+import os
+import sys
 import time
 from multiprocessing import Process, Queue, Value
 from queue import Empty
@@ -17,6 +19,18 @@ from ffcv.writer import DatasetWriter
 from tqdm import tqdm
 
 from pipeline.data.common import sigterm_deferred
+from pipeline.storage import OUT_OF_SPACE_ERRNOS
+
+
+def _worker(work_fn, *args) -> None:
+    """FFCV's writer job; a full disk or quota ends it with the errno as its exit status, without the traceback that
+    multiprocessing prints for an exception (the parent names the file instead, as a full disk elsewhere is named)."""
+    try:
+        work_fn(*args)
+    except OSError as err:
+        if err.errno not in OUT_OF_SPACE_ERRNOS:
+            raise
+        sys.exit(err.errno)
 
 
 class BetonWriter(DatasetWriter):
@@ -42,7 +56,7 @@ class BetonWriter(DatasetWriter):
             worker_args = (workqueue, self.metadata_sm, self.metadata_type, self.fields, allocator, done_number,
                            allocations_queue, *extra_worker_args)
             for _ in range(self.num_workers):
-                processes.append(Process(target=work_fn, args=worker_args, daemon=True))
+                processes.append(Process(target=_worker, args=(work_fn, *worker_args), daemon=True))
                 with sigterm_deferred():  # the worker is in `processes` before a SIGTERM stops this
                     processes[-1].start()
             self._wait_for(processes, done_number, allocations_queue)
@@ -66,10 +80,7 @@ class BetonWriter(DatasetWriter):
         with tqdm(total=self.num_samples, desc=self.desc, unit="img", mininterval=1.0) as progress:
             while progress.n < self.num_samples:
                 progress.update(done_number.value - progress.n)
-                failed = [p for p in processes if p.exitcode not in (None, 0)]
-                if failed:
-                    raise RuntimeError(f"an FFCV writer process died (exit code {failed[0].exitcode}) "
-                                       f"while writing {self.fname}")
+                self._check_alive(processes, "while writing")
                 time.sleep(0.05)
         allocation_list, received = [], 0
         while received < len(processes):  # each process sends its allocations once its pages are on disk
@@ -77,6 +88,13 @@ class BetonWriter(DatasetWriter):
                 allocation_list.extend(allocations_queue.get(timeout=1.0))
                 received += 1
             except Empty:
-                if any(p.exitcode not in (None, 0) for p in processes):
-                    raise RuntimeError(f"an FFCV writer process died while finishing {self.fname}") from None
+                pass  # still writing its last pages, or dead: checked next
+            self._check_alive(processes, "while finishing")
         self.finalize(allocation_list)
+
+    def _check_alive(self, processes: list[Process], when: str) -> None:
+        for p in processes:
+            if p.exitcode in OUT_OF_SPACE_ERRNOS:  # see _worker
+                raise OSError(p.exitcode, os.strerror(p.exitcode), self.fname)
+            if p.exitcode not in (None, 0):
+                raise RuntimeError(f"an FFCV writer process died (exit code {p.exitcode}) {when} {self.fname}")
