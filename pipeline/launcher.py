@@ -23,14 +23,16 @@ import importlib
 import json
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import submitit
+from submitit.core import utils as submitit_utils
 
-from pipeline import distributed
-from pipeline.errors import UsageError
+from pipeline import distributed, storage
+from pipeline.errors import StorageError, UsageError
 from pipeline.job_outcome import LaunchOutcome, wait
 
 __all__ = ["DEFAULT_TARGET", "CHECK_TARGET", "RankTask", "connectivity_check", "launch", "launcher_settings",
@@ -223,10 +225,30 @@ def submit(launcher: Any, folder: str | Path, target: str | Callable[[Any], Any]
     if isinstance(target, str) and launcher_settings(launcher)["cluster"] == "debug":
         resolve_target(target)  # debug runs in this process: fail now with a clear message
     submitted_at = time.time()
-    job = executor.submit(RankTask(target, payload))
+    leftovers_before = _submission_temps(folder)
+    try:
+        with storage.writing(folder, "the job files under"):
+            job = executor.submit(RankTask(target, payload))
+    except StorageError:
+        for path in _submission_temps(folder) - leftovers_before:  # this submission's, cut short
+            path.unlink(missing_ok=True)
+        raise
     if executor.cluster != "debug":
         _drop_stale_files(job, submitted_at - 60)
     return job
+
+
+SUBMISSION_TEMP = re.compile(r"[0-9a-f]{32}\.pkl|\.submission_file_[0-9a-f]{32}\.sh")
+
+
+def _submission_temps(folder: str | Path) -> set[Path]:
+    """The files submitit writes under temporary names before the job id is known: the pickled call
+    (<uuid>.pkl) and the sbatch script (.submission_file_<uuid>.sh). Renamed once the job is submitted."""
+    where = submitit_utils.JobPaths.get_first_id_independent_folder(folder)
+    try:
+        return {p for p in where.iterdir() if SUBMISSION_TEMP.fullmatch(p.name)}
+    except FileNotFoundError:
+        return set()
 
 
 def _drop_stale_files(job: submitit.Job, before: float) -> None:

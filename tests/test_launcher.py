@@ -211,6 +211,24 @@ def test_dst_launch_check_on_local_ranks(tmp_path):
     assert "rank 0/2" in proc.stdout and "rank 1/2" in proc.stdout and "all_reduce 3 (expected 3)" in proc.stdout
 
 
+@pytest.mark.timeout(180)
+def test_dst_launch_onto_a_full_disk_is_one_line_and_leaves_no_job_files(tmp_path, small_filesystem):
+    # Before: "dst launch: error: No space left on device" (no path), and submitit's cut-short <uuid>.pkl stayed.
+    fs = small_filesystem.mount(64 << 10)
+    config = _config_file(tmp_path)
+    config.write_text(config.read_text().replace(f"output_dir: {tmp_path / 'run'}", f"output_dir: {fs / 'run'}"))
+    filler = small_filesystem.fill()
+    cmd = [str(VENV_BIN / "dst"), "launch", "--config", str(config), "--check", "launcher.time_min=5"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == (f"dst launch: error: cannot write the job files under {fs / 'run' / 'submitit'}: "
+                                   f"no space left on device (or over quota)")
+    assert [p for p in (fs / "run").rglob("*") if not p.is_dir()] == []
+    filler.unlink()  # once there is room, the same command submits and runs
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0 and "all_reduce 1 (expected 1)" in proc.stdout, proc.stdout + proc.stderr
+
+
 def test_dst_launch_bad_input_is_one_line_exit_2(tmp_path):
     dst = str(VENV_BIN / "dst")
     proc = subprocess.run([dst, "launch", "--config", str(tmp_path / "missing.yaml")], capture_output=True,
