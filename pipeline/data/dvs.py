@@ -190,8 +190,8 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     signal breaks the pool, and CPython's broken-pool handling then joins every worker, including one that a
     submit() racing with it had just started and that was never told to stop; that worker blocks on a full result
     pipe nobody reads (seen: 16 of 40 `dst data dvs` runs hung when SIGTERM reached the group as the pool started,
-    its late workers having been spawned after the signal). The pool's workers are this process's only
-    multiprocessing children while frames are converted."""
+    under the deferral above, which spawns the workers after the signal). The pool's workers are this process's
+    only multiprocessing children while frames are converted."""
     pool.shutdown(wait=False, cancel_futures=True)
     workers = multiprocessing.active_children()
     for worker in workers:
