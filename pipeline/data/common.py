@@ -1,5 +1,5 @@
-"""Small helpers shared by the data commands and loaders: worker counts, atomic outputs, SIGTERM deferral,
-meta.json."""
+"""Small helpers shared by the data commands and loaders: worker counts, atomic outputs, stopping workers, SIGTERM
+deferral, meta.json."""
 from __future__ import annotations
 
 import contextlib
@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -105,6 +106,21 @@ def check_file_size(path: Path, expected: int) -> None:
         what = "truncated" if actual < expected else "larger than written"
         raise UsageError(f"prepared file {path} is {what}: {actual} bytes, expected {expected} "
                          f"(prepare it again)")
+
+
+def stop_processes(processes, grace_s: float = 5.0) -> None:
+    """SIGTERM every live one of `processes` (multiprocessing.Process), then SIGKILL those still alive after
+    grace_s. Not a plain join: a worker that cannot act on SIGTERM (stopped, or stuck in the kernel) would make it
+    wait forever, and the interrupted run would never reach the clean-up of its temporary files."""
+    alive = [p for p in processes if p.is_alive()]
+    for p in alive:
+        p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in alive:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join()
 
 
 @contextlib.contextmanager

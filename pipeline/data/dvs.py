@@ -25,7 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from pipeline.data.cards import load_card
-from pipeline.data.common import META_FILE, atomic_outputs, resolve_workers, sigterm_deferred, write_meta
+from pipeline.data.common import (META_FILE, atomic_outputs, resolve_workers, sigterm_deferred, stop_processes,
+                                  write_meta)
 from pipeline.data.frames import SPLIT_BY, EventsToFrames
 from pipeline.errors import UsageError
 
@@ -193,13 +194,7 @@ def _stop_workers(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     under the deferral above, which spawns the workers after the signal). The pool's workers are this process's
     only multiprocessing children while frames are converted."""
     pool.shutdown(wait=False, cancel_futures=True)
-    workers = multiprocessing.active_children()
-    for worker in workers:
-        worker.terminate()
-    for worker in workers:
-        worker.join(5)
-        if worker.is_alive():
-            worker.kill()
+    stop_processes(multiprocessing.active_children())
 
 
 def _write_split(name: str, dataset, indices: list[int], transform, shape: tuple, frames_tmp: Path,

@@ -18,7 +18,7 @@ from ffcv.memory_allocator import MemoryAllocator
 from ffcv.writer import DatasetWriter
 from tqdm import tqdm
 
-from pipeline.data.common import sigterm_deferred
+from pipeline.data.common import sigterm_deferred, stop_processes
 from pipeline.storage import OUT_OF_SPACE_ERRNOS
 
 
@@ -63,15 +63,7 @@ class BetonWriter(DatasetWriter):
             for p in processes:
                 p.join()
         finally:
-            for p in processes:
-                if p.is_alive():
-                    p.terminate()
-                    # A worker that cannot act on SIGTERM (stopped, or stuck in the kernel) would make this join
-                    # wait forever, and the interrupted run would never reach the clean-up of its temporary files.
-                    p.join(5)
-                    if p.is_alive():
-                        p.kill()
-                        p.join()
+            stop_processes(processes)
             self.metadata_sm.close()
             self.metadata_sm.unlink()
 
