@@ -6,12 +6,16 @@ Writes into OUT (built in a temporary directory next to it and renamed at the en
     fsnn.pt      state_dict without the AAP + the model name/kwargs to rebuild it (`dst.export.load_fsnn`)
     fsnn.ts      TorchScript of the BN-folded FSNN (`torch.jit.load` alone)
     dsnn.pt      the full dual-stream model, read as the DSNN (`dst.export.load_dsnn`); not with --no-dsnn
-    report.json  parameters, MACs, ACs, energy, per-layer firing rates, the full-spike check and consistency checks
+    report.json  parameters, MACs, ACs, energy, per-layer firing rates, the full-spike check, and what was measured:
+                 each artifact loaded back from disk against the training model's stream (`artifacts`), the stripped
+                 FSNN against the training stream and the BN folding (`checks`)
+Each file is an `Artifact` (a writer and a check that reads the file back) in ARTIFACTS; a new format is one more.
 --checkpoint is a run's checkpoints directory (DeepSpeed format, uses `latest`), one tag directory, or a plain
 checkpoint file: a torch file holding {"model_name", "model_kwargs", "state_dict", "config" (optional)}.
 By default the DSNN is exported when the model has an AAP; --dsnn requires it, --no-dsnn skips it.
-Refuses (exit 2, one line) an unreadable checkpoint, a model without AAP asked for a DSNN (--dsnn), and an FSNN that
-fails the full-spike check (e.g. SEW-ResNet ADD) unless --allow-not-full-spike says it is a baseline.
+Refuses (exit 2, one line, nothing written) an unreadable checkpoint, a model without AAP asked for a DSNN (--dsnn),
+an FSNN that fails the full-spike check (e.g. SEW-ResNet ADD) unless --allow-not-full-spike says it is a baseline, and
+a stripped FSNN, fsnn.pt or dsnn.pt whose logits differ at all from the training model's (a bug in dst).
 """
 from __future__ import annotations
 
@@ -21,16 +25,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from pipeline import storage
 from pipeline.errors import UsageError
-
-ARTIFACTS = ("fsnn.pt", "fsnn.ts", "dsnn.pt", "report.json")
-
 
 EXAMPLES = """examples:
   dst export --checkpoint runs/demo/demo_fsnn_resnet18/checkpoints --out runs/demo/demo_fsnn_resnet18/export
@@ -174,7 +176,7 @@ def prepare_out(out: Path) -> None:
     if out.exists():
         if not out.is_dir():
             raise UsageError(f"--out {out} exists and is not a directory")
-        foreign = [p.name for p in out.iterdir() if p.name not in ARTIFACTS]
+        foreign = [p.name for p in out.iterdir() if p.name not in OUTPUT_FILES]
         if foreign:
             raise UsageError(f"--out {out} holds files that are not an export ({', '.join(sorted(foreign)[:3])}); "
                              "choose another directory")
@@ -193,57 +195,156 @@ def publish(tmp: Path, out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------- export
-def _stream_logits(model, x):
+def logits(model, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x)
 
 
-def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_full_spike: bool = False) -> dict:
-    """Write the artifacts of `model` (the eval-mode training model) into out_dir; return the report."""
+def logit_diff(z: torch.Tensor, reference: torch.Tensor) -> dict:
+    """What a comparison measured: the largest |z - reference| over the batch, and the batch size."""
+    if z.shape != reference.shape:
+        raise RuntimeError(f"logits of shape {tuple(z.shape)} cannot be compared with {tuple(reference.shape)}")
+    return {"max_abs_logit_diff": float((z - reference).abs().max()), "samples": int(reference.shape[0])}
+
+
+def require_exact(what: str, reference: str, measured: dict) -> None:
+    """Stripping the AAP and saving/loading a .pt file change no arithmetic, so any difference is a bug in dst, not
+    a property of the model: refuse the export (nothing is published) and say what was measured."""
+    if measured["max_abs_logit_diff"] != 0.0:
+        raise UsageError(f"refusing to export: {what} differs from {reference} by up to "
+                         f"{measured['max_abs_logit_diff']:.3g} in the logits of {measured['samples']} samples "
+                         "(this is a bug in dst)")
+
+
+@dataclass
+class ExportContext:
+    """What every artifact's writer and check reads, each computed once: the eval-mode training model, its stripped
+    FSNN, the measurement inputs, and (on first use) the reference logits and the BN-folded FSNN."""
+    model: Any             # the training model, a DualStreamNet in eval mode
+    fsnn: Any              # strip_aap(model)
+    x: torch.Tensor        # the measurement inputs
+    with_dsnn: bool
+
+    @cached_property
+    def reference(self) -> torch.Tensor:
+        """The training model's FSNN stream on x: what every FSNN artifact is measured against."""
+        with torch.no_grad():
+            return self.model(self.x, stream="fsnn")
+
+    @cached_property
+    def dsnn_reference(self) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model(self.x, stream="dsnn")
+
+    @cached_property
+    def folded(self):
+        from dst.export import fold_bn
+        return fold_bn(self.fsnn)
+
+    @cached_property
+    def folded_logits(self) -> torch.Tensor:
+        return logits(self.folded, self.x)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """One file of an export. write(ctx, path) writes it; check(ctx, path) loads it back from disk and returns what
+    it measured: at least the reference it compared against and that comparison's max_abs_logit_diff and samples.
+    exact: any difference is a bug in dst and refuses the export. A new format is one more entry in ARTIFACTS."""
+    filename: str
+    description: str
+    write: Callable[[ExportContext, Path], None]
+    check: Callable[[ExportContext, Path], dict]
+    exact: bool = False
+    wanted: Callable[[ExportContext], bool] = lambda ctx: True
+
+
+FSNN_STREAM, DSNN_STREAM = "the training model's FSNN stream", "the training model's DSNN stream"
+
+
+def write_fsnn_pt(ctx: ExportContext, path: Path) -> None:
+    from dst.export import save_exported
+    save_exported(ctx.fsnn, path)
+
+
+def check_fsnn_pt(ctx: ExportContext, path: Path) -> dict:
+    from dst.export import load_fsnn
+    return {"reference": FSNN_STREAM, **logit_diff(logits(load_fsnn(path), ctx.x), ctx.reference)}
+
+
+def write_fsnn_ts(ctx: ExportContext, path: Path) -> None:
+    from dst.export import save_torchscript, to_torchscript
+    save_torchscript(to_torchscript(ctx.folded, ctx.x[:1]), path)
+
+
+def check_fsnn_ts(ctx: ExportContext, path: Path) -> dict:
+    from dst.export import load_torchscript
+    z = logits(load_torchscript(path), ctx.x)  # the whole batch, though traced on one sample: no batch size is fixed
+    return {"reference": FSNN_STREAM, **logit_diff(z, ctx.reference),  # BN folding's rounding included
+            "max_abs_logit_diff_vs_bn_folded_fsnn": logit_diff(z, ctx.folded_logits)["max_abs_logit_diff"]}
+
+
+def write_dsnn_pt(ctx: ExportContext, path: Path) -> None:
+    from dst.export import dsnn_view, save_exported
+    save_exported(dsnn_view(ctx.model), path)
+
+
+def check_dsnn_pt(ctx: ExportContext, path: Path) -> dict:
+    from dst.export import load_dsnn
+    return {"reference": DSNN_STREAM, **logit_diff(logits(load_dsnn(path), ctx.x), ctx.dsnn_reference)}
+
+
+ARTIFACTS = (
+    Artifact("fsnn.pt", "state_dict without AAP + model_name/model_kwargs (dst.export.load_fsnn)",
+             write_fsnn_pt, check_fsnn_pt, exact=True),
+    Artifact("fsnn.ts", "TorchScript of the BN-folded FSNN, traced with T fixed (torch.jit.load)",
+             write_fsnn_ts, check_fsnn_ts),
+    Artifact("dsnn.pt", "full dual-stream model read as the DSNN, predicts z_A (dst.export.load_dsnn)",
+             write_dsnn_pt, check_dsnn_pt, exact=True, wanted=lambda ctx: ctx.with_dsnn),
+)
+REPORT = "report.json"
+OUTPUT_FILES = (*(a.filename for a in ARTIFACTS), REPORT)
+
+
+def ops_section(model, x: torch.Tensor, **extra) -> dict:
+    """MACs, ACs, energy and per-layer rows of `model` on x, with the firing rate of every neuron."""
     from dst.energy import count_ops
-    from dst.export import (count_parameters, dsnn_view, fold_bn, load_fsnn, load_torchscript, save_exported,
-                            save_torchscript, strip_aap, to_torchscript, unfolded_batchnorms)
     from dst.monitor import FiringRateMonitor
+    with FiringRateMonitor(model) as monitor:
+        ops = count_ops(model, x)
+    return {**ops.to_dict(), **extra, "neuron_firing_rates": monitor.rates,
+            "mean_neuron_firing_rate": monitor.mean_rate}
+
+
+def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_full_spike: bool = False) -> dict:
+    """Write the artifacts of `model` (the eval-mode training model) into out_dir, each loaded back and measured
+    against the training model; return the report."""
+    from dst.export import count_parameters, strip_aap, unfolded_batchnorms
     from dst.verify import spike_agreement, verify_full_spike
 
-    fsnn = strip_aap(model).eval()
-    check = verify_full_spike(fsnn, x)
+    ctx = ExportContext(model, strip_aap(model).eval(), x, with_dsnn)
+    check = verify_full_spike(ctx.fsnn, x)
     if not check.ok and not allow_not_full_spike:
         raise UsageError(f"refusing to export {model.model_name}: the FSNN is {check.summary()} "
                          "(--allow-not-full-spike exports a baseline anyway)")
+    stripped = logit_diff(logits(ctx.fsnn, x), ctx.reference)
+    require_exact("the stripped FSNN", FSNN_STREAM, stripped)
 
-    z_f = _stream_logits(fsnn, x)
-    with torch.no_grad():
-        z_train = model(x, stream="fsnn")
-    if not torch.equal(z_f, z_train):
-        raise RuntimeError("stripped FSNN differs from the training model's FSNN stream: this is a bug in dst")
+    fsnn_section = ops_section(ctx.fsnn, x)
+    # The DSNN is counted as the dual-stream model is evaluated: the AAP and both heads (the shared fc twice).
+    dsnn_section = (ops_section(model, x, counted="dual-stream model (AAP + both heads, fc counted twice)")
+                    if with_dsnn else None)
 
-    with FiringRateMonitor(fsnn) as monitor:
-        fsnn_ops = count_ops(fsnn, x)
-    fsnn_section = {**fsnn_ops.to_dict(), "neuron_firing_rates": monitor.rates,
-                    "mean_neuron_firing_rate": monitor.mean_rate}
+    artifacts = [a for a in ARTIFACTS if a.wanted(ctx)]
+    measured = {}
+    for artifact in artifacts:
+        path = out_dir / artifact.filename
+        artifact.write(ctx, path)
+        result = measured[artifact.filename] = artifact.check(ctx, path)
+        if artifact.exact:
+            require_exact(artifact.filename, result["reference"], result)
 
-    save_exported(fsnn, out_dir / "fsnn.pt")
-    reloaded = load_fsnn(out_dir / "fsnn.pt")
-    reload_equal = torch.equal(_stream_logits(reloaded, x), z_f)
-    if not reload_equal:
-        raise RuntimeError("fsnn.pt does not reproduce the FSNN logits: this is a bug in dst")
-
-    folded = fold_bn(fsnn)
-    z_folded = _stream_logits(folded, x)
-    ts = to_torchscript(folded, x[:1])
-    save_torchscript(ts, out_dir / "fsnn.ts")
-    z_ts = _stream_logits(load_torchscript(out_dir / "fsnn.ts"), x)
-
-    dsnn_section = None
-    if with_dsnn:
-        with FiringRateMonitor(model) as monitor:
-            dsnn_ops = count_ops(model, x)  # the dual-stream model as evaluated: both heads (the shared fc twice)
-        dsnn_section = {**dsnn_ops.to_dict(), "counted": "dual-stream model (AAP + both heads, fc counted twice)",
-                        "neuron_firing_rates": monitor.rates, "mean_neuron_firing_rate": monitor.mean_rate}
-        save_exported(dsnn_view(model), out_dir / "dsnn.pt")
-
-    params_fsnn, params_model = count_parameters(fsnn), count_parameters(model)
+    params_fsnn, params_model = count_parameters(ctx.fsnn), count_parameters(model)
     return {
         "model": {"name": model.model_name, "kwargs": model.model_kwargs, "has_aap": model.has_aap},
         "parameters": {"fsnn": params_fsnn, "dsnn": params_model if with_dsnn else None,
@@ -253,17 +354,13 @@ def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_
         "fsnn": fsnn_section,
         "dsnn": dsnn_section,
         "checks": {
-            "fsnn_equals_training_stream": True,
-            "fsnn_pt_reproduces_logits": reload_equal,
-            "bn_folded": not unfolded_batchnorms(folded),
-            "bn_fold_max_abs_logit_diff": float((z_folded - z_f).abs().max()),
-            "bn_fold_spike_agreement": spike_agreement(fsnn, folded, x),
-            "torchscript_max_abs_logit_diff": float((z_ts - z_folded).abs().max()),
+            "fsnn_vs_training_stream": stripped,
+            "bn_fold": {"unfolded_batchnorms": unfolded_batchnorms(ctx.folded),
+                        **logit_diff(ctx.folded_logits, ctx.reference),
+                        "spike_agreement": spike_agreement(ctx.fsnn, ctx.folded, x)},
         },
-        "files": {"fsnn.pt": "state_dict without AAP + model_name/model_kwargs (dst.export.load_fsnn)",
-                  "fsnn.ts": "TorchScript of the BN-folded FSNN, traced with T fixed (torch.jit.load)",
-                  **({"dsnn.pt": "full dual-stream model read as the DSNN, predicts z_A (dst.export.load_dsnn)"}
-                     if with_dsnn else {})},
+        "artifacts": measured,
+        "files": {a.filename: a.description for a in artifacts},
     }
 
 
@@ -283,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
             report = {"format": "dst-export-report", "version": 1, "checkpoint": str(args.checkpoint),
                       "checkpoint_kind": src.description, "inputs": inputs_info, **report,
                       "config": json.loads(json.dumps(src.config, default=str))}
-            (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+            (tmp / REPORT).write_text(json.dumps(report, indent=2) + "\n")
             publish(tmp, args.out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
