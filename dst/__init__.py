@@ -11,11 +11,9 @@ __version__ = "0.1.0"
 
 # OpenMP spin. After each parallel torch op, GNU OpenMP's idle workers spin for GOMP_SPINCOUNT iterations (300000 by
 # default, milliseconds) before they sleep. The fused neuron kernels run on numba's own threads, which then share the
-# cores with those spinning workers: in a CPU training step (fsnn_resnet18, T=4, batch 8, 128 px, 2 cores) the
-# neurons' backward took 21-24 ms a step against 11-14 ms with OpenMP's workers passive, and the whole step 617 ms
-# against 568-573 ms with GOMP_SPINCOUNT at 300-30000; SpikingJelly's step, pure torch, took about the same either
-# way (775-830 ms). libgomp reads the variable once, when torch loads it, so it is set only if dst is imported
-# before torch (the `dst` command does), and never over the user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY.
+# cores with those spinning workers, so a CPU training step is slower (benchmarks/results/design-measurements.md).
+# libgomp reads the variable once, when torch loads it, so it is set only if dst is imported before torch (the `dst`
+# command does), and never over the user's own GOMP_SPINCOUNT or OMP_WAIT_POLICY.
 OPENMP_SPIN = "3000"
 if "torch" not in _sys.modules and "GOMP_SPINCOUNT" not in _os.environ and "OMP_WAIT_POLICY" not in _os.environ:
     _os.environ["GOMP_SPINCOUNT"] = OPENMP_SPIN

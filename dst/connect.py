@@ -10,6 +10,8 @@ from typing import Callable
 
 import torch
 
+from dst.kernels.dispatch import is_tracing
+
 ConnectFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -53,8 +55,7 @@ def join(connect: ConnectFn, s: torch.Tensor, d: torch.Tensor,
     gradients as the torch expressions, in fewer passes over memory. Other connect functions, and IAND under tracing
     (so that an exported TorchScript holds plain ops), run as the expressions.
     """
-    from dst.neuron import _tracing
-    if connect is iand and not _tracing():
+    if connect is iand and not is_tracing():
         if a is None:
             return IANDJunction.apply(s, d), None
         return IANDJunction.apply(s, d, a)

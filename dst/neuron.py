@@ -12,8 +12,9 @@ The equations and defaults equal SpikingJelly's IFNode / LIFNode / ParametricLIF
 Backends (`backend=`): "auto" (default) runs the fused kernels of dst.kernels (Triton on CUDA, numba on CPU for
 float32/float64/bfloat16, a step-wise torch fallback otherwise: one pass over T forward and one backward, only the
 input kept for backward); "torch" runs `multistep_reference`, the plain loop with autograd through every step, the
-oracle the kernels are tested against. "triton", "numba" and "eager" force one kernel. Under torch.compile, TorchScript
-tracing, or for a neuron whose `charge` the kernels do not know (a subclass overriding it), "auto" uses the reference.
+oracle the kernels are tested against. "triton", "numba" and "eager" force one kernel. Under torch.compile,
+torch.export, TorchScript tracing, or for a neuron whose `charge` the kernels do not know (a subclass overriding it),
+"auto" uses the reference. Each neuron describes itself to the kernels with `kernel_spec()` (dst/kernels/spec.py).
 """
 from __future__ import annotations
 
@@ -23,8 +24,10 @@ import torch
 from torch import nn
 
 from dst import kernels
+from dst.kernels.dispatch import is_tracing
+from dst.kernels.spec import SURROGATE_KINDS, Charge, NeuronSpec
 from dst.layers import repeat_time
-from dst.surrogate import Surrogate, create_surrogate
+from dst.surrogate import SURROGATE_GRADS, Surrogate, create_surrogate
 
 
 class MultiStepNeuron(nn.Module):
@@ -51,6 +54,27 @@ class MultiStepNeuron(nn.Module):
     def charge(self, v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def decay(self, like: torch.Tensor):
+        """The leak k = 1/tau the charge equation multiplies by (a float, or a 0-d tensor when learned); None for a
+        neuron without leak."""
+        return None
+
+    def kernel_spec(self) -> NeuronSpec | None:
+        """This neuron as the fused kernels see it, or None when they do not know its equations (then it runs the
+        reference loop). Subclasses that keep a known `charge` and `decay` return their spec; one that overrides
+        either, or the reference loop, or uses a surrogate the kernels do not know, gets None."""
+        return None
+
+    def _spec(self, kind: Charge, learn_k: bool = False) -> NeuronSpec | None:
+        """The spec of a `kind` neuron, if the loop and the surrogate are the ones the kernels restate."""
+        sur = self.surrogate
+        known_surrogate = (sur.name in SURROGATE_KINDS and type(sur).forward is Surrogate.forward
+                           and type(sur).grad is Surrogate.grad and SURROGATE_GRADS.get(sur.name) is not None)
+        if not known_surrogate or type(self).multistep_reference is not MultiStepNeuron.multistep_reference:
+            return None
+        return NeuronSpec(kind=kind, v_threshold=self.v_threshold, v_reset=self.v_reset,
+                          detach_reset=self.detach_reset, surrogate=sur.name, alpha=sur.alpha, learn_k=learn_k)
+
     def forward(self, x_seq: torch.Tensor, repeat: int | None = None) -> torch.Tensor:
         """Spikes [T, N, ...] for inputs x_seq [T, N, ...].
 
@@ -66,16 +90,15 @@ class MultiStepNeuron(nn.Module):
         if x_full.dim() < 2:
             raise ValueError(f"{type(self).__name__} expects [T, N, ...], got shape {tuple(x_seq.shape)}")
         backend = self.backend
-        if backend == "torch" or _tracing():
+        if backend == "torch" or is_tracing():
             return self.multistep_reference(x_full)
-        spec = kernels.neuron_spec(self)
+        spec = self.kernel_spec()
         if backend == "auto" and (spec is None or not x_seq.is_floating_point()):
             return self.multistep_reference(x_full)
         if spec is None:
             raise ValueError(f"backend {backend!r} does not know the equations of {type(self).__name__}; "
                              f"use backend='torch'")
-        k = self.decay(x_seq) if isinstance(self, MultiStepLIF) else None
-        return kernels.multistep(x_seq, spec, k, backend, repeat=repeat)
+        return kernels.multistep(x_seq, spec, self.decay(x_seq), backend, repeat=repeat)
 
     def multistep_reference(self, x_seq: torch.Tensor) -> torch.Tensor:
         """The plain loop over T with autograd through every step: the oracle for fused backends."""
@@ -97,16 +120,16 @@ class MultiStepNeuron(nn.Module):
                 f"detach_reset={self.detach_reset}, backend={self.backend!r}")
 
 
-def _tracing() -> bool:
-    """torch.compile, torch.jit.trace and scripting see the reference loop (they cannot look inside the kernels)."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.jit.is_scripting()
-
-
 class MultiStepIF(MultiStepNeuron):
     """Integrate-and-fire: H = V + X (no leak). The neuron of the DST release."""
 
     def charge(self, v, x):
         return v + x
+
+    def kernel_spec(self) -> NeuronSpec | None:
+        if type(self).charge is not MultiStepIF.charge or type(self).decay is not MultiStepNeuron.decay:
+            return None
+        return self._spec(Charge.IF)
 
 
 class MultiStepLIF(MultiStepNeuron):
@@ -125,6 +148,11 @@ class MultiStepLIF(MultiStepNeuron):
 
     def decay(self, like: torch.Tensor):
         return 1.0 / self.tau
+
+    def kernel_spec(self) -> NeuronSpec | None:
+        if type(self).charge is not MultiStepLIF.charge or type(self).decay is not MultiStepLIF.decay:
+            return None
+        return self._spec(Charge.LIF if self.decay_input else Charge.LIF_NO_DECAY_INPUT)
 
     def charge(self, v, x):
         k = self.decay(v)
@@ -148,6 +176,11 @@ class MultiStepPLIF(MultiStepLIF):
 
     def decay(self, like: torch.Tensor):
         return self.w.sigmoid().reshape(()).to(like.dtype)
+
+    def kernel_spec(self) -> NeuronSpec | None:
+        if type(self).charge is not MultiStepLIF.charge or type(self).decay is not MultiStepPLIF.decay:
+            return None
+        return self._spec(Charge.LIF if self.decay_input else Charge.LIF_NO_DECAY_INPUT, learn_k=True)
 
     def extra_repr(self) -> str:
         return f"init_tau={self.tau}, decay_input={self.decay_input}, " + MultiStepNeuron.extra_repr(self)

@@ -27,7 +27,7 @@ def triton_test_device() -> str:
     """Where a Triton test module runs: "cuda" on a GPU, or "cpu" through Triton's interpreter (TRITON_INTERPRET=1
     with DST_TRITON_TEST_DEVICE=cpu, as tests/test_kernels.py runs the modules); anywhere else the module is skipped.
     Call it at module level."""
-    from dst.kernels.triton_impl import interpreting
+    from dst.kernels.triton.launch import interpreting
     device = os.environ.get("DST_TRITON_TEST_DEVICE") or ("cuda" if torch.cuda.is_available() else "")
     if device == "cpu" and not interpreting():
         device = ""

@@ -17,10 +17,12 @@ import torch
 
 from dst import kernels
 from dst import neuron as dn
-from dst.kernels import cpu as kcpu
-from dst.kernels import numba_threads
+from dst.kernels import dispatch, eager
 from dst.kernels.layout import rows_layout
-from dst.kernels.spec import IF, LIF, LIF_NO_DECAY_INPUT, neuron_spec
+from dst.kernels.numba import launch as numba_launch
+from dst.kernels.numba import neuron as numba_neuron
+from dst.kernels.numba import threads as numba_threads
+from dst.kernels.spec import Charge
 from neuron_cases import NEURONS, TOL, make_input, make_neuron, spikes_and_grads
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,9 +76,9 @@ def test_long_sequences(impl, name, T):
 @pytest.mark.parametrize("name", list(NEURONS))
 def test_several_blocks(impl, name, monkeypatch):
     """More elements per step than one kernel block, and a ragged last block, for T = 4 too. The real blocks are
-    large (see dst/kernels/cpu.py), so they are shrunk here: 1024 forward, 2048/T backward (rounded up to 1024)."""
-    monkeypatch.setattr(kcpu, "FORWARD_BLOCK", 1024)
-    monkeypatch.setattr(kcpu, "BACKWARD_SCRATCH", 2048)
+    large (see dst/kernels/numba/neuron.py), so they are shrunk here: 1024 forward, 2048/T backward (rounded up to 1024)."""
+    monkeypatch.setattr(numba_neuron, "FORWARD_BLOCK", 1024)
+    monkeypatch.setattr(numba_neuron, "BACKWARD_SCRATCH", 2048)
     compare(name, impl, make_input((3, 2, 4099), torch.float32, seed=5), detach_reset=False, v_reset=None)
     compare(name, impl, make_input((4, 2, 4099), torch.float32, seed=7), detach_reset=False)   # T = 4's own passes
     compare(name, impl, make_input((4, 1, 5000), torch.bfloat16, seed=8), v_reset=None)
@@ -92,14 +94,14 @@ def test_specialised_kernels_equal_the_generic_ones(name, dtype, T, monkeypatch)
     """IF and LIF with the usual flags (hard, detached reset, ATan) run kernels compiled for those flags; PLIF runs the
     specialised forward and the generic backward (dL/dk). Same arithmetic with the branches folded: spikes and
     gradients bit-identical to the generic kernels', over several blocks, and spikes equal to the reference."""
-    from dst.kernels import _numba_kernels as nk
-    kind = neuron_spec(make_neuron(name, "numba")).kind
+    from dst.kernels.numba import neuron_kernels as nk
+    kind = make_neuron(name, "numba").kernel_spec().kind
     assert nk.forward_kernel(kind, True, False) is not nk.forward_kernel(kind, False, False)
     assert nk.forward_kernel(kind, True, True) is nk.forward_kernel(kind, False, False)       # float64: generic
     assert (nk.backward_kernel(kind, True, True, False, name == "plif", False)
             is not nk.backward_kernel(kind, True, True, False, True, False)) == (name != "plif")
-    monkeypatch.setattr(kcpu, "FORWARD_BLOCK", 1024)
-    monkeypatch.setattr(kcpu, "BACKWARD_SCRATCH", 4096)
+    monkeypatch.setattr(numba_neuron, "FORWARD_BLOCK", 1024)
+    monkeypatch.setattr(numba_neuron, "BACKWARD_SCRATCH", 4096)
     x = make_input((T, 2, 3001), dtype, seed=T)
     upstream = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64).to(dtype)
     specialised = spikes_and_grads(make_neuron(name, "numba"), x, upstream)
@@ -114,26 +116,26 @@ def test_specialised_kernels_equal_the_generic_ones(name, dtype, T, monkeypatch)
 
 @needs_numba
 def test_block_sizes():
-    """Long rows (see cpu.py), at least two blocks per thread when M allows, never under MIN_BLOCK; small calls run
+    """Long rows (see dst/kernels/numba/neuron.py), at least two blocks per thread when M allows, never under MIN_BLOCK; small calls run
     on one thread."""
-    assert kcpu._forward_block(1 << 21, 2) == kcpu.FORWARD_BLOCK
-    assert kcpu._backward_block(4, 1 << 21, 2) == kcpu.BACKWARD_SCRATCH // 4
-    assert kcpu._backward_block(16, 1 << 21, 2) == kcpu.BACKWARD_SCRATCH // 16
-    assert kcpu._backward_block(4096, 1 << 21, 2) == kcpu.MIN_BLOCK
-    assert kcpu._forward_block(100_000, 2) == 25_024                  # 4 blocks of a multiple of 64
-    assert kcpu._forward_block(100, 8) == kcpu.MIN_BLOCK
+    assert numba_neuron._forward_block(1 << 21, 2) == numba_neuron.FORWARD_BLOCK
+    assert numba_neuron._backward_block(4, 1 << 21, 2) == numba_neuron.BACKWARD_SCRATCH // 4
+    assert numba_neuron._backward_block(16, 1 << 21, 2) == numba_neuron.BACKWARD_SCRATCH // 16
+    assert numba_neuron._backward_block(4096, 1 << 21, 2) == numba_neuron.MIN_BLOCK
+    assert numba_neuron._forward_block(100_000, 2) == 25_024                  # 4 blocks of a multiple of 64
+    assert numba_neuron._forward_block(100, 8) == numba_neuron.MIN_BLOCK
     assert numba_threads.threads(100) == 1
 
 
 @needs_numba
 def test_constants_follow_a_changing_k():
     """The constants are cached, but PLIF's k is read on every call: a changed w changes the result."""
-    spec = neuron_spec(dn.MultiStepPLIF())
-    c1 = kcpu._constants(spec, torch.tensor(0.25), torch.float32)
-    c2 = kcpu._constants(spec, torch.tensor(0.5), torch.float32)
-    C_K = kcpu._numba_kernels().C_K
+    spec = dn.MultiStepPLIF().kernel_spec()
+    c1 = numba_launch.constants(spec, torch.tensor(0.25), torch.float32)
+    c2 = numba_launch.constants(spec, torch.tensor(0.5), torch.float32)
+    C_K = numba_launch.kernels().C_K
     assert c1[C_K] == 0.25 and c2[C_K] == 0.5
-    assert kcpu._constants(spec, torch.tensor(0.25), torch.float32) is c1
+    assert numba_launch.constants(spec, torch.tensor(0.25), torch.float32) is c1
     assert not c1.flags.writeable
 
 
@@ -180,7 +182,7 @@ def test_bfloat16_inexact_constants_and_blocks(impl, name):
 
 def test_float16_uses_the_eager_kernel():
     x = make_input((5, 3, 21), torch.float16, seed=14)
-    assert kernels.select_impl(x, neuron_spec(dn.MultiStepIF())).name == "eager"
+    assert dispatch.select_impl(x, dn.MultiStepIF().kernel_spec()).name == "eager"
     neuron = dn.MultiStepLIF()
     y = neuron(x)
     assert torch.equal(y, neuron.multistep_reference(x))
@@ -277,12 +279,12 @@ def test_gradient_layout_differs_from_input():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 def test_kernel_charge_is_neuron_charge(name, dtype):
     neuron = make_neuron(name, "auto", v_reset=-0.2).to(torch.float32)
-    spec = neuron_spec(neuron)
-    assert spec.kind == {"if": IF, "lif": LIF, "plif": LIF}.get(name, LIF_NO_DECAY_INPUT)
+    spec = neuron.kernel_spec()
+    assert spec.kind == {"if": Charge.IF, "lif": Charge.LIF, "plif": Charge.LIF}.get(name, Charge.LIF_NO_DECAY_INPUT)
     v, x = make_input((1000,), dtype, seed=1), make_input((1000,), dtype, seed=2)
-    k = neuron.decay(x) if isinstance(neuron, dn.MultiStepLIF) else None
+    k = neuron.decay(x)
     with torch.no_grad():
-        assert torch.equal(kcpu.charge(spec, v, x, k), neuron.charge(v, x))
+        assert torch.equal(eager.charge(spec, v, x, k), neuron.charge(v, x))
 
 
 def test_unknown_neurons_use_the_reference():
@@ -291,7 +293,7 @@ def test_unknown_neurons_use_the_reference():
             return v + x * x
 
     n = Quadratic()
-    assert neuron_spec(n) is None
+    assert n.kernel_spec() is None
     x = make_input((4, 10), torch.float32)
     assert torch.equal(n(x), n.multistep_reference(x))
     with pytest.raises(ValueError, match="does not know"):
@@ -300,7 +302,7 @@ def test_unknown_neurons_use_the_reference():
     class Custom(dn.Surrogate):
         name = "custom"
 
-    assert neuron_spec(dn.MultiStepIF(surrogate=Custom())) is None
+    assert dn.MultiStepIF(surrogate=Custom()).kernel_spec() is None
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -308,11 +310,11 @@ def test_unknown_neurons_use_the_reference():
 # ----------------------------------------------------------------------------------------------------------------------
 @needs_numba
 def test_auto_selects_numba_on_cpu_float():
-    spec = neuron_spec(dn.MultiStepIF())
-    assert kernels.select_impl(torch.zeros(2, 3), spec).name == "numba"
-    assert kernels.select_impl(torch.zeros(2, 3, dtype=torch.float64), spec).name == "numba"
-    assert kernels.select_impl(torch.zeros(2, 3, dtype=torch.bfloat16), spec).name == "numba"
-    assert kernels.select_impl(torch.zeros(2, 3, dtype=torch.float16), spec).name == "eager"
+    spec = dn.MultiStepIF().kernel_spec()
+    assert dispatch.select_impl(torch.zeros(2, 3), spec).name == "numba"
+    assert dispatch.select_impl(torch.zeros(2, 3, dtype=torch.float64), spec).name == "numba"
+    assert dispatch.select_impl(torch.zeros(2, 3, dtype=torch.bfloat16), spec).name == "numba"
+    assert dispatch.select_impl(torch.zeros(2, 3, dtype=torch.float16), spec).name == "eager"
 
 
 def test_backend_arguments():
@@ -322,7 +324,7 @@ def test_backend_arguments():
     with pytest.raises(ValueError, match="unknown backend"):
         dn.MultiStepIF(backend="cupy")
     if not kernels.available()["triton"]:
-        from dst.kernels.triton_impl import interpreting
+        from dst.kernels.triton.launch import interpreting
         if not interpreting():
             with pytest.raises(ValueError, match="cannot run"):
                 dn.MultiStepIF(backend="triton")(torch.zeros(2, 3))
@@ -464,18 +466,18 @@ def test_huge_pages_advised_for_fresh_memory_only(monkeypatch):
 
 VECTORISED_CHECK = """
 import re, sys, torch
-from dst.kernels import _numba_kernels as k, cpu
-from dst.kernels.spec import neuron_spec
+from dst.kernels.numba import neuron_kernels as k
+from dst.kernels.numba.neuron import NumbaImpl
 from dst.neuron import MultiStepIF, MultiStepLIF, MultiStepPLIF
-# IF and LIF as they come run the specialised kernels (dst/kernels/_numba_kernels.py); a soft reset and PLIF's
+# IF and LIF as they come run the specialised kernels (dst/kernels/numba/neuron_kernels.py); a soft reset and PLIF's
 # backward, the generic ones
 for neuron in (MultiStepIF(), MultiStepLIF(), MultiStepLIF(v_reset=None), MultiStepPLIF()):
-    spec, kk = neuron_spec(neuron), (0.5 if isinstance(neuron, MultiStepLIF) else None)
+    spec, kk = neuron.kernel_spec(), (0.5 if isinstance(neuron, MultiStepLIF) else None)
     for T in (4, 16):  # T = 4 has passes of its own; other T go four steps at a time through an H scratch
         x = torch.randn(T, 100000)
-        cpu.NumbaImpl.forward(x, spec, kk)
-        cpu.NumbaImpl.backward(x, torch.randn_like(x), spec, kk)
-        cpu.NumbaImpl.backward_summed(x[:1].expand(T, -1), torch.randn_like(x), spec, kk)
+        NumbaImpl.forward(x, spec, kk)
+        NumbaImpl.backward(x, torch.randn_like(x), spec, kk)
+        NumbaImpl.backward_summed(x[:1].expand(T, -1), torch.randn_like(x), spec, kk)
 scalar = []
 for name in ("_charge_fire4_from_rest", "_recompute_bptt_atan4", "_recompute_bptt_atan4_summed", "_charge_fire4",
              "_charge_keep4", "_bptt_atan4"):
@@ -506,7 +508,7 @@ def test_step_loops_vectorise(tmp_path):
 # ----------------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("test_file, at_least", [("test_kernels_triton.py", 100), ("test_spike_pool_triton.py", 80)])
 def test_triton_kernels_in_interpreter(test_file, at_least):
-    """The neuron's kernels, and the fused stem's (dst/kernels/_triton_spike_pool.py)."""
+    """The neuron's kernels, and the fused stem's (dst/kernels/triton/spike_pool_kernels.py)."""
     pytest.importorskip("triton")
     env = dict(os.environ, TRITON_INTERPRET="1", DST_TRITON_TEST_DEVICE="cpu")
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",

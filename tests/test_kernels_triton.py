@@ -11,9 +11,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from dst import kernels  # noqa: E402
 from dst import neuron as dn  # noqa: E402
-from dst.kernels.spec import neuron_spec  # noqa: E402
+from dst.kernels.dispatch import select_impl  # noqa: E402
 import neuron_cases as cases  # noqa: E402
 from neuron_cases import NEURONS, TOL, spikes_and_grads, triton_test_device  # noqa: E402
 
@@ -38,7 +37,7 @@ def compare(name, x, **kw):
     neuron = make_neuron(name, "triton", **kw)
     if x.dtype == torch.float64:
         neuron = neuron.double()
-    assert kernels.select_impl(x, neuron_spec(neuron), "triton").name == "triton"
+    assert select_impl(x, neuron.kernel_spec(), "triton").name == "triton"
     g = torch.Generator().manual_seed(1)
     upstream = torch.randn(x.shape, generator=g, dtype=torch.float64).to(x.dtype).to(DEVICE)
     y, grads = spikes_and_grads(neuron, x, upstream)
@@ -152,4 +151,4 @@ def test_large_on_gpu(name):
 @pytest.mark.skipif(DEVICE != "cuda", reason="auto selection on CUDA")
 def test_auto_selects_triton_on_cuda():
     x = make_input((2, 3), torch.float32)
-    assert kernels.select_impl(x, neuron_spec(dn.MultiStepIF())).name == "triton"
+    assert select_impl(x, dn.MultiStepIF().kernel_spec()).name == "triton"

@@ -1,4 +1,4 @@
-"""Numba's thread pool for the CPU kernels (dst/kernels/numba_threads.py): numba's default layer and a user's choice
+"""Numba's thread pool for the CPU kernels (dst/kernels/numba/threads.py): numba's default layer and a user's choice
 kept, and a forked child of a GNU-OpenMP parent running the serial builds instead of aborting.
 
 Each case runs in a fresh interpreter: numba picks its threading layer once per process.
@@ -72,7 +72,7 @@ def test_forked_child_of_a_gnu_omp_parent_runs_the_kernels():
         pytest.skip("numba has no OpenMP layer here")
     code = RUN_NEURON + """
 import os
-from dst.kernels import numba_threads
+from dst.kernels.numba import threads as numba_threads
 y, gx = spikes_and_grad()                      # the parent starts numba's pool on the omp layer (the user's choice)
 assert not numba_threads.serial_only()
 pid = os.fork()

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from dst.kernels import numba_available
-from dst.kernels import spike_pool
+from dst.kernels.numba import threads as numba_threads
+from dst.kernels.numba.launch import numba_available
 from dst.layers import MultiStep
 from dst.models import create_model
 from neuron_cases import TOL, make_neuron
@@ -124,11 +124,11 @@ def test_falls_back_to_the_modules(case):
 
 
 def test_serial_build_matches(monkeypatch):
-    """A process forked from a GNU-OpenMP parent runs the kernels' serial builds (dst/kernels/numba_threads.py)."""
+    """A process forked from a GNU-OpenMP parent runs the kernels' serial builds (dst/kernels/numba/threads.py)."""
     pool = _pool(3, 2, 1)
     x = _stem_input((2, 4, 9, 9), torch.float32)
     y, gx, _ = _run(make_neuron("if", "auto"), pool, x, 4)
-    monkeypatch.setattr(spike_pool.numba_threads, "serial_only", lambda: True)
+    monkeypatch.setattr(numba_threads, "serial_only", lambda: True)
     y_serial, gx_serial, node = _run(make_neuron("if", "auto"), pool, x, 4)
     assert node == "FusedSpikeMaxPoolBackward"
     assert torch.equal(y_serial, y) and torch.equal(gx_serial, gx)

@@ -1,4 +1,4 @@
-"""The fused stem's Triton kernels (dst/kernels/_triton_spike_pool.py) against the two modules run apart on the same
+"""The fused stem's Triton kernels (dst/kernels/triton/spike_pool_kernels.py) against the two modules run apart on the same
 device, and against the neuron's reference loop.
 
 Runs on a CUDA device (pytest -m gpu tests/test_spike_pool_triton.py on a GPU machine), or on CPU tensors through

@@ -1,18 +1,15 @@
 """Large CPU outputs backed by transparent huge pages (THP).
 
 A fresh multi-megabyte CPU tensor is mmap'ed by malloc and then faulted in 4 KiB at a time: for a 32 MiB spike tensor
-that is 8192 page faults, which cost more than the kernel's own arithmetic (measured here: ~15 ms of faults against
-~5 ms of work). Advising the kernel to back the buffer with 2 MiB pages before the first touch cuts that to a few
+that is 8192 page faults, which can cost more than the kernel's own arithmetic. Advising the kernel to back the buffer with 2 MiB pages before the first touch cuts that to a few
 dozen faults. This only applies where the system's THP mode is "madvise" (with "always" it happens anyway, with
 "never" it cannot); DST_THP=0 turns it off. PyTorch can do the same for every allocation with THP_MEM_ALLOC_ENABLE=1.
 
 Only fresh memory is advised. In a training loop glibc usually hands back memory freed a moment ago (its mmap
 threshold grows to the sizes it sees freed), already faulted in: advising that does no good and does harm, since
-it splits the heap's mapping and later regrowth then faults in 2 MiB pages that must be zeroed. Measured in a
-fsnn_resnet18 step (T = 4, batch 8, 128x128, 2 threads), advising every output: the stem's 33 MB spike output took
-5.3 and 9.2 ms a step in two runs (528 and 177 page faults); advising fresh memory only: 2.2 ms, no faults; all the
-neuron forwards of a step took 14.5-17.7 ms against 12.0. So the advice is given only where the buffer's first
-page is not resident yet (mincore).
+it splits the heap's mapping and later regrowth then faults in 2 MiB pages that must be zeroed. So the advice is given
+only where the buffer's first page is not resident yet (mincore). What both choices measured:
+benchmarks/results/design-measurements.md.
 """
 from __future__ import annotations
 

@@ -1,9 +1,8 @@
 """Conv weights stored channels-last, as parameters that DeepSpeed can broadcast and ZeRO can flatten.
 
 With channels-last activations, a conv whose weight is in NCHW order makes oneDNN reorder the weight on every call:
-once in forward, once in backward, and once more for the gradient. In a CPU training step of fsnn_resnet18 (T=4,
-batch 8, 128 px, 2 cores) the 3x3 weights were copied 12 times a step, and storing them channels-last made the step
-35 ms shorter (656 -> 621 ms, best of 8 interleaved rounds). The obvious route does not work:
+once in forward, once in backward, and once more for the gradient (benchmarks/results/design-measurements.md).
+The obvious route does not work:
 `model.to(memory_format=torch.channels_last)` gives a weight [O, I, kh, kw] with stride(-1) = I. DeepSpeed broadcasts
 every parameter as a byte view, which needs stride(-1) = 1, so `deepspeed.initialize` fails. ZeRO's flattening would
 also undo the layout.

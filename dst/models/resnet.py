@@ -84,10 +84,8 @@ class SpikingResNet(DualStreamNet):
 
     channels_last (default): the image is put in channels-last memory order on entry, so every conv, BN and neuron
     downstream runs channels-last (conv outputs follow their input's order, the neurons keep it), and the kxk conv
-    weights are stored channels-last as well (dst/models/channels_last.py: no weight reorder on every call). Measured in
-    benchmarks/train_step.py (fsnn_resnet18, T=4): a training step ran 1.09x faster than NCHW on a 2-core CPU (batch 8,
-    128 px; 580 vs 630 ms, with the stored weights), and 1.29x on an H200 (batch 64, 224 px; measured before the
-    weights were stored channels-last). Results equal NCHW's up to float rounding.
+    weights are stored channels-last as well (dst/models/channels_last.py: no weight reorder on every call); faster on
+    CPU and GPU (benchmarks/results/design-measurements.md). Results equal NCHW's up to float rounding.
 
     fused_stem: the stem's neuron and max pool as one kernel each way (dst/kernels/spike_pool.py): None where that is
     the default (CPU), True also on CUDA (Triton; not yet measured on a GPU), False never."""

@@ -1,16 +1,29 @@
-"""The Triton kernels of the fused multi-step neuron (see dst/kernels/triton_impl.py, which launches them). Imported
-lazily, on the first CUDA (or interpreted) call: importing Triton costs ~0.15 s, which no CPU-only process should pay.
+"""The Triton kernels of the fused multi-step neuron (neuron.py launches them). Imported lazily, on the first CUDA
+(or interpreted) call: no CPU-only process should pay for importing Triton.
 
 One program per BLOCK elements of a time step; the loop over T runs inside the program with V in registers.
 Forward reads X and writes S once. Backward recomputes H[t] for all t into the dL/dX buffer (same program, same
 elements, so the values come back from L2), then walks t = T-1..0 reading H[t] and dL/dS[t] and overwriting the buffer
 with dL/dX[t]: nothing but X is kept between forward and backward.
 
-c_ptr holds the constants [th, reset (rounded), rest, a, ha, th (rounded), V0] in the compute dtype (CDT), k_ptr the
-decay k (see triton_impl._constants and _k_tensor).
+c_ptr holds KernelConstants.for_cuda in TRITON_LAYOUT (dst/kernels/spec.py) in the compute dtype (CDT), read at the
+C_* slots below; k_ptr the decay k (launch.k_tensor).
 """
 import triton
 import triton.language as tl
+
+from dst.kernels.spec import TRITON_SLOT, Charge
+
+# The charge kinds (KIND) and the constants' slots, as compile-time constants of the kernels.
+IF = tl.constexpr(int(Charge.IF))
+LIF = tl.constexpr(int(Charge.LIF))
+C_TH = tl.constexpr(TRITON_SLOT["th"])
+C_RESET_R = tl.constexpr(TRITON_SLOT["reset_rounded"])
+C_REST = tl.constexpr(TRITON_SLOT["rest"])
+C_A = tl.constexpr(TRITON_SLOT["a"])
+C_HA = tl.constexpr(TRITON_SLOT["ha"])
+C_TH_R = tl.constexpr(TRITON_SLOT["th_rounded"])
+C_V0 = tl.constexpr(TRITON_SLOT["v0"])
 
 
 @triton.jit
@@ -23,8 +36,8 @@ def _block(M, BLOCK: tl.constexpr):
 @triton.jit
 def _neuron_constants(c_ptr, k_ptr, CDT: tl.constexpr):
     """(th, reset_r, rest, th_r, v0, k): what both passes need to recompute H."""
-    return (tl.load(c_ptr + 0), tl.load(c_ptr + 1), tl.load(c_ptr + 2), tl.load(c_ptr + 5), tl.load(c_ptr + 6),
-            tl.load(k_ptr).to(CDT))
+    return (tl.load(c_ptr + C_TH), tl.load(c_ptr + C_RESET_R), tl.load(c_ptr + C_REST), tl.load(c_ptr + C_TH_R),
+            tl.load(c_ptr + C_V0), tl.load(k_ptr).to(CDT))
 
 
 @triton.jit
@@ -37,11 +50,11 @@ def _rnd(v, LOW: tl.constexpr, DT: tl.constexpr):
 
 @triton.jit
 def _charge(v, x, k, rest, KIND: tl.constexpr, LOW: tl.constexpr, DT: tl.constexpr):
-    if KIND == 0:    # IF: H = V + X
+    if KIND == IF:    # H = V + X
         h = _rnd(v + x, LOW, DT)
-    elif KIND == 1:  # LIF: H = V + (X - (V - rest)) * k
+    elif KIND == LIF:  # H = V + (X - (V - rest)) * k
         h = _rnd(v + _rnd(_rnd(x - _rnd(v - rest, LOW, DT), LOW, DT) * k, LOW, DT), LOW, DT)
-    else:            # LIF without decay_input: H = V - (V - rest) * k + X
+    else:              # LIF without decay_input: H = V - (V - rest) * k + X
         h = _rnd(_rnd(v - _rnd(_rnd(v - rest, LOW, DT) * k, LOW, DT), LOW, DT) + x, LOW, DT)
     return h
 
@@ -91,11 +104,11 @@ def _dl_dh(h, go, gv, th, reset_r, a, ha, HARD: tl.constexpr, DETACH: tl.constex
 @triton.jit
 def _dl_dx_dv(gh, k, KIND: tl.constexpr):
     """(dL/dX[t], dL/dV[t-1]) from dL/dH[t], through the charge equation."""
-    if KIND == 1:
+    if KIND == LIF:
         gx = gh * k
     else:
         gx = gh
-    if KIND == 0:
+    if KIND == IF:
         gv = gh
     else:
         gv = gh * (1.0 - k)
@@ -125,8 +138,8 @@ def _backward_kernel(x_ptr, g_ptr, gx_ptr, c_ptr, k_ptr, partial_ptr, M, x_rs, g
                      BLOCK: tl.constexpr):
     offs, mask = _block(M, BLOCK)
     th, reset_r, rest, th_r, v0, k = _neuron_constants(c_ptr, k_ptr, CDT)
-    a = tl.load(c_ptr + 3)
-    ha = tl.load(c_ptr + 4)
+    a = tl.load(c_ptr + C_A)
+    ha = tl.load(c_ptr + C_HA)
     # Pass 1: recompute H[t] into the gradient buffer.
     v = tl.zeros([BLOCK], CDT) + v0
     x_ptrs = x_ptr + offs
@@ -151,7 +164,7 @@ def _backward_kernel(x_ptr, g_ptr, gx_ptr, c_ptr, k_ptr, partial_ptr, M, x_rs, g
             has_prev = (offs * 0 + t) > 0   # as a tensor: t is a plain int under the interpreter
             hp = tl.load(h_ptrs - M, mask=mask & has_prev, other=0.0).to(CDT)
             vprev = tl.where(has_prev, _after_reset(hp, hp - th >= 0, th_r, reset_r, HARD, LOW, DT), v0)
-            if KIND == 1:
+            if KIND == LIF:
                 x = tl.load(x_ptrs, mask=mask, other=0.0).to(CDT)
                 dk = x - (vprev - rest)
             else:

@@ -1,21 +1,18 @@
 """Numba kernels of the fused multi-step neuron (CPU: float32, float64 and bfloat16). Imported lazily: numba is
-optional.
+optional. dst/kernels/numba/neuron.py launches them.
 
 Work is split into blocks of B elements, run in parallel (prange); inside a block the loop over T keeps V in a
 buffer (four steps per pass over it, V in a register in between), so forward reads X once and writes S once. Backward
-recomputes H for the block into a T x B scratch (L2/L3 sized, see the block sizes in dst/kernels/cpu.py), then runs
-the BPTT recurrence backwards: it reads X and dL/dS once and writes dL/dX once. Nothing but X is kept between forward
-and backward. At T = 4 (the usual setting) each pass is a single loop with everything in registers: forward needs no V
-buffer, and backward recomputes H[0..3] of an element and runs its four BPTT steps without any scratch (measured at
-T = 4 on x = [4, 2M] float32, 2 threads: backward went from ~1.8-2.1x to ~1.1-1.3x the time of torch.add(x, g, out=),
-forward from ~1.3x to ~1.1x torch.mul(x, 0.5, out=)).
+recomputes H for the block into a T x B scratch (L2/L3 sized, see the block sizes in neuron.py), then runs the BPTT
+recurrence backwards: it reads X and dL/dS once and writes dL/dX once. Nothing but X is kept between forward and
+backward. At T = 4 (the usual setting) each pass is a single loop with everything in registers: forward needs no V
+buffer, and backward recomputes H[0..3] of an element and runs its four BPTT steps without any scratch.
 
 Vectorisation: each per-step loop lives in its own small function (inline="never") over 1-D slices starting at 0, with
 error_model="numpy" (no ZeroDivisionError check in the surrogate's division). In that form LLVM vectorises every loop
-(AVX-512 here) and unswitches the flag branches; written as one big loop nest it ran scalar, about 4x slower. Inside
-those loops no array is passed to another function (see _ld / _st / _rnd): numba increfs and decrefs an array argument
-on every call, and those calls, pruned only after LLVM's vectoriser has run, left the step functions scalar as compiled
-on their own (the kernels were vectorised only because LLVM inlined the steps and optimised them a second time).
+and unswitches the flag branches; written as one big loop nest it ran scalar. Inside those loops no array is passed to
+another function (see _ld / _st / _rnd): numba increfs and decrefs an array argument on every call, and those calls,
+pruned only after LLVM's vectoriser has run, leave the loops scalar.
 
 Dtypes: arrays are float32/float64, or bfloat16 passed as uint16 bit patterns. The same code serves all three through
 `_ld` / `_st` / `_rnd` (given an element or the array's dtype), identities for float arrays; for bfloat16 they widen
@@ -29,15 +26,13 @@ loops, so a generic kernel computes every variant for every element. The usual c
 and LIF with a hard, detached reset and ATan, in float32 or bfloat16) get kernels of their own whose flags are
 compile-time constants: a closure's constants reach the step functions as literal types, numba compiles them for those
 values and the branches fold away (the disk cache keys the closure's values). Every other configuration runs the
-generic kernels: a forward and backward pair takes ~15 s to compile on first use, so only the usual ones get their
-own. Measured on n = 8192 float32 (in cache, 1 thread, LIF): four BPTT steps 0.305 -> 0.23 ns per element and step,
-four recompute steps 0.261 -> 0.223; bfloat16 IF forward+backward on [16, 32, 64, 32, 32], 2 threads: 67 -> 24 ms.
+generic kernels, since each forward and backward pair takes seconds to compile on first use.
+What these choices measured: benchmarks/results/design-measurements.md.
 
 Arrays are passed as 1-D contiguous buffers plus a row stride (rows may be 0 apart for an expanded input). Constants
-come in `c`, in the compute dtype (float32 for bfloat16): see the C_* indices and dst/kernels/cpu.py's _constants,
-which rounds them the way eager PyTorch on CPU treats a Python scalar (add/sub: cast to the tensor dtype; mul: kept in
-the compute dtype, product rounded); a, ha = (pi/2*alpha, alpha/2) for ATan and (alpha, alpha) for Sigmoid. The
-formulas and their order mirror dst/neuron.py's charge and multistep_reference exactly (see dst/kernels/spec.py).
+come in `c`, in the compute dtype (float32 for bfloat16), at the C_* slots: KernelConstants.for_cpu in NUMBA_LAYOUT
+(dst/kernels/spec.py), which rounds them the way eager PyTorch on CPU treats a Python scalar. The formulas and their
+order mirror dst/neuron.py's charge and multistep_reference exactly.
 """
 from __future__ import annotations
 
@@ -48,9 +43,14 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic, overload
 
-from dst.kernels.spec import IF, LIF
+from dst.kernels.spec import NUMBA_SLOT, Charge
 
-C_TH, C_RESET, C_REST, C_K, C_A, C_HA, C_ONE, C_ZERO, C_TH_R, C_RESET_R, C_V0 = range(11)
+# The charge kinds as plain ints (numba folds module-level ints into the compiled code as constants).
+IF, LIF, LIF_NO_DECAY_INPUT = int(Charge.IF), int(Charge.LIF), int(Charge.LIF_NO_DECAY_INPUT)
+# Slots of the constants array `c` (KernelConstants in NUMBA_LAYOUT, dst/kernels/spec.py).
+C_TH, C_RESET, C_REST, C_K = NUMBA_SLOT["th"], NUMBA_SLOT["reset"], NUMBA_SLOT["rest"], NUMBA_SLOT["k"]
+C_A, C_HA, C_ONE, C_ZERO = NUMBA_SLOT["a"], NUMBA_SLOT["ha"], NUMBA_SLOT["one"], NUMBA_SLOT["zero"]
+C_TH_R, C_RESET_R, C_V0 = NUMBA_SLOT["th_rounded"], NUMBA_SLOT["reset_rounded"], NUMBA_SLOT["v0"]
 
 _step = njit(cache=True, inline="never", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
@@ -135,9 +135,9 @@ def _rnd_impl(f, dt):
 # ---------------------------------------------------------------------------------------------------- one step
 @njit(cache=True, inline="always")
 def _charge(vv, x, kind, rest, k, dt):
-    if kind == 0:
+    if kind == IF:
         return _rnd(vv + x, dt)
-    if kind == 1:
+    if kind == LIF:
         return _rnd(vv + _rnd(_rnd(x - _rnd(vv - rest, dt), dt) * k, dt), dt)
     return _rnd(_rnd(vv - _rnd(_rnd(vv - rest, dt) * k, dt), dt) + x, dt)
 
@@ -171,8 +171,7 @@ def _fire(vv, xj, kind, hard, th, reset_r, th_r, rest, k, one, zero, dt):
 @_step
 def _charge_fire4(v, x0, x1, x2, x3, o0, o1, o2, o3, kind, hard, th, reset_r, th_r, rest, k, one, zero):
     """Four forward steps in one pass: V stays in a register between them, so the V buffer (in L2 with the long
-    blocks) is read and written once per four steps. At T = 16 this took forward from ~1.2x to ~1.0x the time of
-    torch.mul(x, 0.5, out=...); two steps per pass were half-way."""
+    blocks) is read and written once per four steps."""
     dt = x0.dtype
     for j in range(x0.shape[0]):
         o0[j], vv = _fire(v[j], _ld(x0[j]), kind, hard, th, reset_r, th_r, rest, k, one, zero, dt)
@@ -239,7 +238,7 @@ def _dk(hp, xt, dkt, first, kind, hard, th, reset_r, th_r, rest, v0, zero):
         else:
             h = hp[j]
             vp = _after_reset(h, h - th >= zero, hard, reset_r, th_r, dt)
-        if kind == 1:
+        if kind == LIF:
             dkt[j] = _ld(xt[j]) - (vp - rest)
         else:
             dkt[j] = rest - vp
@@ -257,9 +256,9 @@ def _bptt_element(h, sg, go, gv, kind, hard, detach, th, reset, k, one_minus_k, 
         if not detach:
             dvdh = dvdh - th * sg
     gh = go * sg + gv * dvdh
-    if kind == 0:
+    if kind == IF:
         return gh, gh, gh
-    if kind == 1:
+    if kind == LIF:
         return gh * k, gh * one_minus_k, gh
     return gh, gh * one_minus_k, gh
 
@@ -355,7 +354,7 @@ def _recompute_bptt_atan4_summed(x0, x1, x2, x3, g0, g1, g2, g3, gx, kind, hard,
                                  rest, k, a, ha, v0, one, zero):
     """The same for an input repeated over T (the stem): its gradient is the sum over the four steps, stored once (no
     [T, ...] gradient, and no separate sum over it). A loop of its own: a store branch inside one loop kept LLVM from
-    vectorising it (backward ran ~10x slower)."""
+    vectorising it."""
     omk = one - k
     dt = gx.dtype
     for j in range(x0.shape[0]):
@@ -368,8 +367,8 @@ def _recompute_bptt_atan4_summed(x0, x1, x2, x3, g0, g1, g2, g3, gx, kind, hard,
 def _recompute_bptt_atan4_dk(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3, acc, kind, hard, detach, th, reset,
                              reset_r, th_r, rest, k, a, ha, v0, one, zero):
     """_recompute_bptt_atan4 for PLIF: also sums dL/dH[t] * dH[t]/dk over the four steps into acc, in the order and
-    precision of the general path (_dk and _bptt_atan: t = 3..0, float64), from the V[t-1] it has in registers. At
-    T = 4 the general path (an H scratch, then a pass per step for dH/dk and one for BPTT) took ~3.6x LIF's time."""
+    precision of the general path (_dk and _bptt_atan: t = 3..0, float64), from the V[t-1] it has in registers, so
+    PLIF at T = 4 needs no H scratch and no pass per step."""
     omk = one - k
     dt = gx0.dtype
     for j in range(x0.shape[0]):
@@ -390,7 +389,7 @@ def _recompute_bptt_atan4_dk(x0, x1, x2, x3, g0, g1, g2, g3, gx0, gx1, gx2, gx3,
         gx1[j] = _st(d1, dt)
         gx2[j] = _st(d2, dt)
         gx3[j] = _st(d3, dt)
-        if kind == 1:                                  # dH[t]/dk = X[t] - (V[t-1] - rest)
+        if kind == LIF:                                  # dH[t]/dk = X[t] - (V[t-1] - rest)
             acc[j] += gh3 * (xd - (vc - rest))
             acc[j] += gh2 * (xc - (vb - rest))
             acc[j] += gh1 * (xb - (va - rest))
@@ -579,7 +578,7 @@ _SERIAL = {}
 
 def serial_of(kernel):
     """The parallel kernel compiled without threads (prange runs as range), on first use: for a process forked from
-    one whose numba pool runs on GNU OpenMP (see dst/kernels/numba_threads.py). Not cached on disk: the parallel
+    one whose numba pool runs on GNU OpenMP (see dst/kernels/numba/threads.py). Not cached on disk: the parallel
     build's cache entry has the same function name."""
     if kernel not in _SERIAL:
         _SERIAL[kernel] = njit(error_model="numpy")(kernel.py_func)

@@ -1,10 +1,11 @@
-"""Triton kernels of the stem's neuron fused with the max pool after it (see dst/kernels/spike_pool.py, which launches
-them, and _numba_spike_pool.py, the CPU twin, for what the fusion saves). Imported lazily, as _triton_kernels is.
+"""Triton kernels of the stem's neuron fused with the max pool after it (spike_pool.py launches them;
+dst/kernels/numba/spike_pool_kernels.py, the CPU twin, says what the fusion saves). Imported lazily, as
+neuron_kernels is.
 
 Forward: one program per BLOCK pooled outputs, for all T steps. Each output holds its window's K x K inputs (padded
 to KK rows) and their membrane potentials in registers, runs the T steps on all of them at once, and stores per step
 the window's maximum spike and the first position that holds it (one byte: dh * K + dw, padding never wins), as
-PyTorch's max pool picks it. The neuron's arithmetic is _triton_kernels' step functions, so the spikes are the Triton
+PyTorch's max pool picks it. The neuron's arithmetic is neuron_kernels' step functions, so the spikes are the Triton
 neuron's.
 
 Backward: one program per BLOCK inputs. Each recomputes its own H[t] for all t into a [TP, BLOCK] register tile, then
@@ -17,7 +18,8 @@ says which index runs fastest in the flat numbering of elements (C for channels-
 import triton
 import triton.language as tl
 
-from dst.kernels._triton_kernels import _after_reset, _block, _charge, _dl_dh, _dl_dx_dv, _neuron_constants
+from dst.kernels.triton.neuron_kernels import (C_A, C_HA, _after_reset, _block, _charge, _dl_dh, _dl_dx_dv,
+                                               _neuron_constants)
 
 
 @triton.jit
@@ -81,8 +83,8 @@ def _backward_kernel(x_ptr, g_ptr, sel_ptr, gx_ptr, c_ptr, k_ptr, M, C, H, W, OH
     offs, mask = _block(M, BLOCK)
     n, c, h, w = _decode(offs, C, H, W, LAST_C)
     th, reset_r, rest, th_r, v0, k = _neuron_constants(c_ptr, k_ptr, CDT)
-    a = tl.load(c_ptr + 3)
-    ha = tl.load(c_ptr + 4)
+    a = tl.load(c_ptr + C_A)
+    ha = tl.load(c_ptr + C_HA)
     x = tl.load(x_ptr + n * xs_n + c * xs_c + h * xs_h + w * xs_w, mask=mask, other=0.0).to(CDT)
     # H[t] of this input at every step, recomputed into registers ([TP, BLOCK]: each thread keeps its inputs' steps).
     steps = tl.arange(0, TP)

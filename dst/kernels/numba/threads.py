@@ -1,15 +1,11 @@
 """Numba's thread pool as the CPU kernels use it: how many threads a call gets, and what a forked child does.
 
 Layer. The kernels keep numba's default threading layer (TBB here); NUMBA_THREADING_LAYER chooses another. 'omp' was
-tried as the default and dropped. It made one process's training step faster on 2 cores (fsnn_resnet18, T=4, batch 8,
-128 px: 602-622 ms against 650-710 ms with TBB, 3 interleaved runs each, before the T = 4 backward fix). But it made
-the demo's 2-rank DVS training (7B-Net, PLIF, T=8, one thread per rank) slower: 25-37 samples/s against 53-60 with
-TBB. One of those omp runs also hung in a forked DataLoader worker.
-Much of what 'omp' gained was probably torch's OpenMP workers spinning after each torch op (GOMP_SPINCOUNT, 300000 by
-default) on the cores numba's TBB threads then wanted. Numba's 'omp' pool is a second libgomp (the system's; torch
-ships its own), so it does not share torch's workers either. dst now shortens that spin instead (dst/__init__.py).
-Profiled in that step (3 runs of 3 steps): the neurons' backward took 12.8-16.8 ms a step with GOMP_SPINCOUNT=3000
-against 15.8-27.6 ms at libgomp's default, and the fused stem 2.5-2.6 + 4.3-4.5 ms against 4.2-5.0 + 7.6-9.2 ms.
+tried as the default and dropped: it made one process's CPU training step faster, but the demo's 2-rank DVS training
+(one thread per rank) about twice as slow, and one of those runs hung in a forked DataLoader worker. Much of what
+'omp' gained was probably torch's OpenMP workers spinning after each torch op on the cores numba's TBB threads then
+wanted; dst shortens that spin instead (dst/__init__.py). Numba's 'omp' pool is a second libgomp (the system's; torch
+ships its own), so it does not share torch's workers either. The figures: benchmarks/results/design-measurements.md.
 
 Fork. GNU OpenMP is not fork-safe. Numba aborts a forked child that launches a parallel kernel after its parent did
 ("fork() called from a process already using GNU OpenMP"). So, where the user chose 'omp' on GNU OpenMP, a child

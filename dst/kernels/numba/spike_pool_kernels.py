@@ -11,12 +11,11 @@ on them, in cache, summing over T as the repeated input wants.
 Layout: X and dL/dX are [N, H, W, C] (channels-last), spikes and their gradient [T, N, OH, OW, C]; every inner loop
 runs over the W x C elements of a row, contiguous, and vectorises. The winner is the first maximum in the window in
 row-major order, with padding skipped, as PyTorch's CPU max pool picks it, so gradients go where they would unfused.
-The neuron's arithmetic is the step functions of _numba_kernels, so spikes are bit-identical to the reference loop.
-bfloat16 arrays come as their uint16 bit patterns, read and written through _numba_kernels' _ld / _st (the spikes of
+The neuron's arithmetic is the step functions of neuron_kernels.py, so spikes are bit-identical to the reference loop.
+bfloat16 arrays come as their uint16 bit patterns, read and written through neuron_kernels' _ld / _st (the spikes of
 the rows in scratch too); the winners' maxima and all gradient sums are float32, dL/dX rounded to bfloat16 once.
-Kernels are built per flag set as _numba_kernels' are (forward_flags / backward_flags): IF and LIF with the usual
-flags get kernels of their own, which took the bfloat16 stem ([8, 64, 64, 64] channels-last, T = 4, IF, forward +
-backward, best of 10) from 20.6 to 10.4 ms; float32 stayed at 12.1 ms.
+Kernels are built per flag set as neuron_kernels' are (forward_flags / backward_flags): IF and LIF with the usual
+flags get kernels of their own (benchmarks/results/design-measurements.md).
 """
 from __future__ import annotations
 
@@ -25,9 +24,9 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from dst.kernels._numba_kernels import (C_A, C_HA, C_ONE, C_RESET, C_RESET_R, C_REST, C_TH, C_TH_R, C_V0, C_ZERO,
-                                        C_K, _bptt_atan, _bptt_table, _charge_fire, _charge_keep, _ld,
-                                        _sigmoid_surrogate, _st, backward_flags, forward_flags)
+from dst.kernels.numba.neuron_kernels import (C_A, C_HA, C_K, C_ONE, C_RESET, C_RESET_R, C_REST, C_TH, C_TH_R, C_V0,
+                                              C_ZERO, _bptt_atan, _bptt_table, _charge_fire, _charge_keep, _ld,
+                                              _sigmoid_surrogate, _st, backward_flags, forward_flags)
 
 _step = njit(cache=True, inline="never", error_model="numpy")
 _kernel = njit(parallel=True, cache=True, error_model="numpy")
@@ -185,10 +184,10 @@ def _backward_kernel(fixed):
 
 
 def forward_kernel(kind: int, hard: bool, float64: bool):
-    """The forward kernel for these flags, specialised as _numba_kernels' are."""
+    """The forward kernel for these flags, specialised as neuron_kernels' are."""
     return _forward_kernel(forward_flags(kind, hard, float64))
 
 
 def backward_kernel(kind: int, hard: bool, detach: bool, sigmoid: bool, float64: bool):
-    """The backward kernel for these flags, specialised as _numba_kernels' are."""
+    """The backward kernel for these flags, specialised as neuron_kernels' are."""
     return _backward_kernel(backward_flags(kind, hard, detach, sigmoid, False, float64))
