@@ -35,4 +35,7 @@ fi
 # numpy first: FFCV's sdist build imports it.
 "$VENV/bin/python" -m pip install -q -c constraints.txt "torch==2.13.0" numpy
 "$VENV/bin/python" -m pip install -q -c constraints.txt -e '.[test,triton]'
+# Norse reads NIR files for `dst export`'s check (dst/export/nir_run.py). It declares torchvision, which pulls a CUDA
+# torch and which Norse's NIR import never uses: installed without its dependencies (nir and nirtorch come above).
+"$VENV/bin/python" -m pip install -q -c constraints.txt --no-deps norse
 echo "bootstrap: $VENV ready"

@@ -59,7 +59,7 @@ def test_export_writes_verified_artifacts_that_reload_in_a_fresh_process(tmp_pat
     out = tmp_path / "export"
     assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 2) == 0
     assert "full-spike ok" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == ["dsnn.pt", "fsnn.pt", "fsnn.ts", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["dsnn.pt", "fsnn.nir", "fsnn.pt", "fsnn.ts", "report.json"]
     assert leftovers(tmp_path) == []
 
     report = json.loads((out / "report.json").read_text())
@@ -80,12 +80,25 @@ def test_export_writes_verified_artifacts_that_reload_in_a_fresh_process(tmp_pat
     bn_fold = checks["bn_fold"]
     assert bn_fold["unfolded_batchnorms"] == [] and bn_fold["samples"] == 2
     assert bn_fold["spike_agreement"] > 0.999 and bn_fold["max_abs_logit_diff"] < 1e-2
-    assert sorted(measured) == sorted(report["files"]) == ["dsnn.pt", "fsnn.pt", "fsnn.ts"]
+    assert sorted(measured) == sorted(report["files"]) == ["dsnn.pt", "fsnn.nir", "fsnn.pt", "fsnn.ts"]
     assert all(m["samples"] == 2 for m in measured.values())
     assert measured["fsnn.pt"]["max_abs_logit_diff"] == 0.0 and measured["dsnn.pt"]["max_abs_logit_diff"] == 0.0
     assert "FSNN" in measured["fsnn.pt"]["reference"] and "DSNN" in measured["dsnn.pt"]["reference"]
     assert measured["fsnn.ts"]["max_abs_logit_diff_vs_bn_folded_fsnn"] < 1e-4
     assert measured["fsnn.ts"]["max_abs_logit_diff"] <= bn_fold["max_abs_logit_diff"] + 1e-4
+    # fsnn.nir, read back from the file and run by the third-party consumer: the BN-folded FSNN's spikes, all of them.
+    nir_check = measured["fsnn.nir"]
+    run = nir_check["execution"]
+    assert run["read_from"].startswith("nir.read(") and run["read_from"].endswith("fsnn.nir')")  # the file on disk
+    assert "nirtorch" in run["consumer"] and "norse" in run["consumer"]
+    assert run["samples"] == 2 and run["time_steps"] == 2 and run["neurons"] == 20
+    assert run["spikes_compared"] > 0 and run["spike_mismatches"] == 0 and run["argmax_agreement"] == 1.0
+    assert run["max_abs_logit_diff_vs_bn_folded_fsnn"] < 1e-5
+    assert nir_check["max_abs_logit_diff"] <= bn_fold["max_abs_logit_diff"] + 1e-5
+    assert nir_check["dt"] == 1.0 and "Euler" in nir_check["dt_convention"] and "mean over the T steps" in \
+        nir_check["readout"]
+    assert nir_check["node_types"]["IF"] == 20 and nir_check["node_types"]["Threshold"] == 9  # 8 IAND + the pool
+    assert nir_check["nodes"] == sum(nir_check["node_types"].values()) and nir_check["edges"] > nir_check["nodes"]
 
     # A fresh process with only torch + dst reproduces the logits of the training model's streams.
     x = torch.randn(3, 3, 16, 16)
@@ -109,7 +122,7 @@ def test_export_writes_verified_artifacts_that_reload_in_a_fresh_process(tmp_pat
     assert proc.returncode == 0, proc.stderr
 
     # Exporting again replaces the previous export as a whole.
-    assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 1, "--no-dsnn") == 0
+    assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 1, "--no-dsnn", "--format", "ts") == 0
     assert sorted(p.name for p in out.iterdir()) == ["fsnn.pt", "fsnn.ts", "report.json"]
     report = json.loads((out / "report.json").read_text())
     assert report["dsnn"] is None and sorted(report["artifacts"]) == ["fsnn.pt", "fsnn.ts"]
@@ -229,7 +242,7 @@ def test_dsnn_is_exported_only_when_there_is_an_aap(tmp_path, capsys):
     assert "no AAP" in err and "--dsnn" in err
     assert not (tmp_path / "export").exists()
     assert export("--checkpoint", ckpt, "--out", tmp_path / "export", "--batch-size", 1) == 0
-    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["fsnn.pt", "fsnn.ts", "report.json"]
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["fsnn.nir", "fsnn.pt", "fsnn.ts", "report.json"]
 
 
 def test_refuses_unreadable_checkpoints(tmp_path, capsys, fsnn_ckpt):
@@ -257,3 +270,51 @@ def test_refuses_an_out_dir_holding_other_files(tmp_path, capsys, fsnn_ckpt):
     (out / "notes.txt").write_text("mine")
     assert "not an export" in refused(capsys, "--checkpoint", ckpt, "--out", out)
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_format_chooses_the_files_and_bad_formats_are_refused(tmp_path, capsys, fsnn_ckpt):
+    _, ckpt = fsnn_ckpt
+    out = tmp_path / "export"
+    assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 1, "--no-dsnn", "--format", "pt") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fsnn.pt", "report.json"]
+    assert export("--checkpoint", ckpt, "--out", out, "--batch-size", 1, "--no-dsnn", "--format", "nir") == 0
+    assert sorted(p.name for p in out.iterdir()) == ["fsnn.nir", "fsnn.pt", "report.json"]
+    assert "spikes differ" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        export("--checkpoint", ckpt, "--out", tmp_path / "other", "--format", "onnx")
+    assert exit_info.value.code == 2 and "unknown format onnx" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_a_model_without_a_nir_form_is_refused_by_name(tmp_path, capsys):
+    """A soft reset has no exact NIR form: one line naming the neuron and how to skip the format; nothing written."""
+    ckpt = plain_checkpoint(tmp_path / "soft.pt", trained_looking("fsnn_resnet18", neuron_kwargs={"v_reset": None}))
+    out = tmp_path / "export"
+    err = refused(capsys, "--checkpoint", ckpt, "--out", out, "--input-shape", SHAPE, "--batch-size", 1)
+    assert "stem_neuron" in err and "soft" in err and "--format ts" in err
+    assert not out.exists() and leftovers(tmp_path) == []
+    assert export("--checkpoint", ckpt, "--out", out, "--input-shape", SHAPE, "--batch-size", 1, "--format", "ts") == 0
+
+
+def test_log_to_mlflow_puts_the_files_in_the_training_run(tmp_path, capsys):
+    """--log-to-mlflow: the run id from RUN/metrics.json, the store from the run's config; the files under export/."""
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run_id = client.create_run(client.create_experiment("export-test")).info.run_id
+    model = trained_looking("fsnn_resnet18")
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "epoch0001").mkdir(parents=True)
+    torch.save({"module": model.state_dict(),
+                "dst": {"model_name": model.model_name, "model_kwargs": model.model_kwargs,
+                        "config": {"tracking": {"uri": uri}}}}, ckpts / "epoch0001" / "mp_rank_00_model_states.pt")
+    (ckpts / "latest").write_text("epoch0001\n")
+    args = ("--checkpoint", ckpts, "--out", tmp_path / "run" / "export", "--input-shape", SHAPE, "--batch-size", 1,
+            "--log-to-mlflow")
+    capsys.readouterr()                                             # MLflow's own start-up lines
+    err = refused(capsys, *args)                                    # no metrics.json yet: refused before any work
+    assert "metrics.json" in err and not (tmp_path / "run" / "export").exists()
+    (tmp_path / "run" / "metrics.json").write_text(json.dumps({"final": {"mlflow_run_id": run_id}}))
+    assert export(*args) == 0
+    logged = sorted(a.path for a in client.list_artifacts(run_id, "export"))
+    assert logged == ["export/dsnn.pt", "export/fsnn.nir", "export/fsnn.pt", "export/fsnn.ts", "export/report.json"]

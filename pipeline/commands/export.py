@@ -5,6 +5,8 @@
 Writes into OUT (built in a temporary directory next to it and renamed at the end, so OUT is complete or absent):
     fsnn.pt      state_dict without the AAP + the model name/kwargs to rebuild it (`dst.export.load_fsnn`)
     fsnn.ts      TorchScript of the BN-folded FSNN (`torch.jit.load` alone)
+    fsnn.nir     the BN-folded FSNN as a NIR graph (`nir.read`; what neuromorphic toolchains read), executed from
+                 the file by a third-party consumer (dst/export/nir_run.py) against the FSNN: report.json's `nir`
     dsnn.pt      the full dual-stream model, read as the DSNN (`dst.export.load_dsnn`); not with --no-dsnn
     report.json  parameters, MACs, ACs, energy, per-layer firing rates, the full-spike check, and what was measured:
                  each artifact loaded back from disk against the training model's stream (`artifacts`), the stripped
@@ -12,7 +14,8 @@ Writes into OUT (built in a temporary directory next to it and renamed at the en
 Each file is an `Artifact` (a writer and a check that reads the file back) in ARTIFACTS; a new format is one more.
 --checkpoint is a run's checkpoints directory (DeepSpeed format, uses `latest`), one tag directory, or a plain
 checkpoint file: a torch file holding {"model_name", "model_kwargs", "state_dict", "config" (optional)}.
-By default the DSNN is exported when the model has an AAP; --dsnn requires it, --no-dsnn skips it.
+By default the DSNN is exported when the model has an AAP; --dsnn requires it, --no-dsnn skips it. --format chooses
+the FSNN's formats besides fsnn.pt (default: ts,nir). --log-to-mlflow logs the published files to the training run.
 Refuses (exit 2, one line, nothing written) an unreadable checkpoint, a model without AAP asked for a DSNN (--dsnn),
 an FSNN that fails the full-spike check (e.g. SEW-ResNet ADD) unless --allow-not-full-spike says it is a baseline, and
 a stripped FSNN, fsnn.pt or dsnn.pt whose logits differ at all from the training model's (a bug in dst).
@@ -23,6 +26,7 @@ import argparse
 import json
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -59,6 +63,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="export a model that fails the full-spike check anyway (baselines such as SEW-ResNet "
                              "ADD), recording the failure in report.json; refused by default")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    parser.add_argument("--format", default=",".join(FORMATS), type=formats,
+                        help=f"formats of the FSNN besides fsnn.pt, comma-separated, from {', '.join(FORMATS)} "
+                             f"(default: all); 'pt' alone writes fsnn.pt (and dsnn.pt) only")
+    parser.add_argument("--log-to-mlflow", action="store_true",
+                        help="log the published files to the training run's MLflow run (its id from RUN/metrics.json "
+                             "next to the checkpoints, the tracking URI from the run's config)")
+
+
+def formats(text: str) -> tuple[str, ...]:
+    """--format's value: a comma-separated subset of FORMATS ('pt' names fsnn.pt, which is always written)."""
+    chosen = tuple(dict.fromkeys(f.strip().lower() for f in text.split(",") if f.strip()))
+    unknown = [f for f in chosen if f not in (*FORMATS, "pt")]
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(unknown) or repr(text)}; choose from pt, "
+                                         f"{', '.join(FORMATS)}")
+    return tuple(f for f in chosen if f != "pt")
 
 
 # ---------------------------------------------------------------------------------------------------- reading
@@ -70,6 +90,7 @@ class Source:
     config: dict[str, Any] = field(default_factory=dict)
     val_batch: Any = None
     description: str = ""
+    run_dir: Path | None = None       # the training run's directory (RUN/checkpoints/<tag> -> RUN), if known
 
 
 def read_plain_checkpoint(path: Path) -> Source:
@@ -102,7 +123,7 @@ def read_checkpoint(path: Path) -> Source:
     except Exception as err:
         raise UsageError(f"cannot read checkpoint {path} ({type(err).__name__}: {err})") from None
     return Source(src.model_name, dict(src.model_kwargs), src.state_dict, dict(src.config or {}),
-                  getattr(src, "val_batch", None), f"DeepSpeed checkpoint {src.path}")
+                  getattr(src, "val_batch", None), f"DeepSpeed checkpoint {src.path}", Path(src.path).parent.parent)
 
 
 def build_model(src: Source):
@@ -224,6 +245,8 @@ class ExportContext:
     fsnn: Any              # strip_aap(model)
     x: torch.Tensor        # the measurement inputs
     with_dsnn: bool
+    formats: tuple[str, ...] = ()          # the optional formats wanted (FORMATS)
+    allow_not_full_spike: bool = False
 
     @cached_property
     def reference(self) -> torch.Tensor:
@@ -284,6 +307,29 @@ def check_fsnn_ts(ctx: ExportContext, path: Path) -> dict:
             "max_abs_logit_diff_vs_bn_folded_fsnn": logit_diff(z, ctx.folded_logits)["max_abs_logit_diff"]}
 
 
+def write_fsnn_nir(ctx: ExportContext, path: Path) -> None:
+    from dst.export.nir import to_nir, write_nir
+    try:
+        graph, _ = to_nir(ctx.folded, tuple(ctx.x.shape[1:]), allow_not_full_spike=ctx.allow_not_full_spike)
+    except (TypeError, ValueError) as err:
+        raise UsageError(f"refusing to export {ctx.model.model_name} to NIR: {err} (--format ts skips fsnn.nir)") \
+            from None
+    write_nir(graph, path)
+
+
+def check_fsnn_nir(ctx: ExportContext, path: Path) -> dict:
+    """The file read back by nir.read and stepped by a third-party consumer, against the BN-folded FSNN (the
+    network the file holds: spikes must agree bit for bit) and the training model's FSNN stream."""
+    from dst.export.nir import graph_summary, run_and_compare
+    result = run_and_compare(path, ctx.folded, ctx.x)
+    graph = result.pop("graph")
+    return {"reference": FSNN_STREAM, **logit_diff(result.pop("logits"), ctx.reference), **graph_summary(graph),
+            "dt": float(graph.metadata["dt"]), "dt_convention": str(graph.metadata["dt_convention"]),
+            "readout": str(graph.metadata["readout"]),
+            "inexact_decays": {k: float(v) for k, v in dict(graph.metadata.get("inexact_decays", {})).items()},
+            "execution": result}
+
+
 def write_dsnn_pt(ctx: ExportContext, path: Path) -> None:
     from dst.export import dsnn_view, save_exported
     save_exported(dsnn_view(ctx.model), path)
@@ -298,10 +344,13 @@ ARTIFACTS = (
     Artifact("fsnn.pt", "state_dict without AAP + model_name/model_kwargs (dst.export.load_fsnn)",
              write_fsnn_pt, check_fsnn_pt, exact=True),
     Artifact("fsnn.ts", "TorchScript of the BN-folded FSNN, traced with T fixed (torch.jit.load)",
-             write_fsnn_ts, check_fsnn_ts),
+             write_fsnn_ts, check_fsnn_ts, wanted=lambda ctx: "ts" in ctx.formats),
+    Artifact("fsnn.nir", "NIR graph of the BN-folded FSNN, one step per time step at dt = 1 (nir.read)",
+             write_fsnn_nir, check_fsnn_nir, wanted=lambda ctx: "nir" in ctx.formats),
     Artifact("dsnn.pt", "full dual-stream model read as the DSNN, predicts z_A (dst.export.load_dsnn)",
              write_dsnn_pt, check_dsnn_pt, exact=True, wanted=lambda ctx: ctx.with_dsnn),
 )
+FORMATS = ("ts", "nir")
 REPORT = "report.json"
 OUTPUT_FILES = (*(a.filename for a in ARTIFACTS), REPORT)
 
@@ -316,13 +365,14 @@ def ops_section(model, x: torch.Tensor, **extra) -> dict:
             "mean_neuron_firing_rate": monitor.mean_rate}
 
 
-def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_full_spike: bool = False) -> dict:
+def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_full_spike: bool = False,
+           formats: tuple[str, ...] = FORMATS) -> dict:
     """Write the artifacts of `model` (the eval-mode training model) into out_dir, each loaded back and measured
     against the training model; return the report."""
     from dst.export import count_parameters, strip_aap, unfolded_batchnorms
     from dst.verify import spike_agreement, verify_full_spike
 
-    ctx = ExportContext(model, strip_aap(model).eval(), x, with_dsnn)
+    ctx = ExportContext(model, strip_aap(model).eval(), x, with_dsnn, formats, allow_not_full_spike)
     check = verify_full_spike(ctx.fsnn, x)
     if not check.ok and not allow_not_full_spike:
         raise UsageError(f"refusing to export {model.model_name}: the FSNN is {check.summary()} "
@@ -364,9 +414,45 @@ def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_
     }
 
 
+def mlflow_run_of(src: Source) -> tuple[str, str]:
+    """(tracking URI, run id) of the training run a DeepSpeed checkpoint belongs to: the run id from the run
+    directory's metrics.json (RUN/checkpoints/<tag> -> RUN/metrics.json), the URI from the run's config."""
+    from pipeline.tracking import tracking_uri
+    if src.run_dir is None:
+        raise UsageError("--log-to-mlflow needs a training run's checkpoint (a plain checkpoint file has no run)")
+    metrics = src.run_dir / "metrics.json"
+    try:
+        run_id = json.loads(metrics.read_text())["final"]["mlflow_run_id"]
+    except (OSError, ValueError, KeyError, TypeError):
+        run_id = None
+    if not run_id:
+        raise UsageError(f"--log-to-mlflow: {metrics} names no MLflow run (final.mlflow_run_id)")
+    return tracking_uri((src.config.get("tracking") or {}).get("uri")), str(run_id)
+
+
+def log_to_mlflow(target: tuple[str, str], out: Path, files: list[str]) -> None:
+    """Log the published files under `export/` of the training run. The export is already complete: a tracking
+    store that fails now costs a warning, not the export."""
+    from mlflow.tracking import MlflowClient
+    from pipeline.tracking import _quiet_mlflow_env, redact_uri
+    _quiet_mlflow_env()
+    uri, run_id = target
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        for name in files:
+            client.log_artifact(run_id, str(out / name), "export")
+    except Exception as err:
+        print(f"dst export: warning: the export is complete in {out}, but logging it to MLflow run {run_id} at "
+              f"{redact_uri(uri)} failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}",
+              file=sys.stderr)
+        return
+    print(f"logged {', '.join(files)} to MLflow run {run_id} (artifacts under export/)")
+
+
 def run(args: argparse.Namespace) -> int:
     prepare_out(args.out)
     src = read_checkpoint(args.checkpoint)
+    target = mlflow_run_of(src) if args.log_to_mlflow else None
     model = build_model(src)
     if args.dsnn and not model.has_aap:
         raise UsageError(f"{src.model_name} has no AAP, so there is no DSNN to export (drop --dsnn)")
@@ -376,7 +462,8 @@ def run(args: argparse.Namespace) -> int:
     tmp = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}.tmp-"))
     try:
         with storage.writing(args.out, "the export to"):
-            report = export(model, x, tmp, with_dsnn=with_dsnn, allow_not_full_spike=args.allow_not_full_spike)
+            report = export(model, x, tmp, with_dsnn=with_dsnn, allow_not_full_spike=args.allow_not_full_spike,
+                            formats=args.format)
             report = {"format": "dst-export-report", "version": 1, "checkpoint": str(args.checkpoint),
                       "checkpoint_kind": src.description, "inputs": inputs_info, **report,
                       "config": json.loads(json.dumps(src.config, default=str))}
@@ -390,4 +477,12 @@ def run(args: argparse.Namespace) -> int:
           f"FSNN {fs['macs'] / 1e9:.4f} G MACs, {fs['acs'] / 1e9:.4f} G ACs, {fs['energy_mj']:.4f} mJ per sample"
           + (f"; DSNN {report['dsnn']['macs'] / 1e9:.4f} G MACs, {report['dsnn']['acs'] / 1e9:.4f} G ACs, "
              f"{report['dsnn']['energy_mj']:.4f} mJ" if report["dsnn"] else ""))
+    nir_check = report["artifacts"].get("fsnn.nir")
+    if nir_check is not None:
+        run = nir_check["execution"]
+        print(f"fsnn.nir: {nir_check['nodes']} nodes, {nir_check['edges']} edges; run from the file by "
+              f"{run['consumer']}: {run['spike_mismatches']} of {run['spikes_compared']} spikes differ, logits within "
+              f"{nir_check['max_abs_logit_diff']:.3g} of the training model's FSNN stream")
+    if target is not None:
+        log_to_mlflow(target, args.out, sorted(report["files"]) + [REPORT])
     return 0
