@@ -24,7 +24,9 @@ demo: $(STAMP)
 	$(VENV)/bin/snakemake all --profile profiles/local --cores $(CORES) --configfile config/demo.yaml
 	@echo
 	@echo "Report:     results/demo/report.md"
-	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open http://127.0.0.1:5000)"
+	@echo "MLflow UI:  $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db   (then open the runs page)"
+	@url=$$($(VENV)/bin/dst track url --experiment dst-demo --tracking-uri sqlite:///mlflow.db) && \
+		echo "Runs page:  $$url"
 
 test: $(STAMP)
 	$(PY) -m pytest -ra

@@ -52,6 +52,45 @@ def redact_uri(text: str) -> str:
     return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
+# MLflow 3 keeps an experiment's kind in this tag (the UI's kind selector writes it). Ours train models: unmarked,
+# an experiment can open on the UI's GenAI page ("Send your first trace") rather than on its runs. MLflow 3.18's UI
+# takes the kind from its GenAI / Model training switch instead, which the URL below sets.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+# The runs page on the best FSNN first. Sorting by a metric also lists nested runs by name (sorted by start time,
+# the UI folds them under their parent). workflowType picks the UI's "Model training" side over "GenAI".
+RUNS_PAGE_QUERY = "workflowType=machine_learning&orderByKey=metrics.%60val%2Ffsnn_top1%60&orderByAsc=false"
+
+
+def mark_model_training(client: Any, experiment: Any) -> None:
+    """Tag `experiment` (an mlflow Experiment) as a model-training experiment, unless it already has a kind (one a
+    user chose in the UI stays)."""
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
+
+
+def training_experiment(client: Any, name: str) -> str:
+    """The id of the experiment `name`, created if missing, marked as a model-training experiment either way (so
+    experiments created before the mark get it too)."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
+        except MlflowException:  # created meanwhile by another job of the same workflow
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                raise
+    mark_model_training(client, experiment)
+    return experiment.experiment_id
+
+
+def runs_page_url(ui_url: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's runs, e.g. http://127.0.0.1:5000/#/experiments/1/runs?..."""
+    return f"{ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{RUNS_PAGE_QUERY}"
+
+
 def check_reachable(uri: str) -> None:
     """Raise UsageError naming the URI (without credentials) if the tracking store cannot be used."""
     from mlflow.tracking import MlflowClient
@@ -78,12 +117,13 @@ class Tracker:
         _quiet_mlflow_env()
         import mlflow
         check_reachable(self.uri)
+        from mlflow.tracking import MlflowClient
         mlflow.set_tracking_uri(self.uri)
         t = self.cfg.tracking
-        experiment = mlflow.set_experiment(t.experiment)
+        experiment_id = training_experiment(MlflowClient(tracking_uri=self.uri), t.experiment)
         parent = t.parent_run_id or os.environ.get("DST_PARENT_RUN_ID") or None
         run = mlflow.start_run(
-            run_id=resume_run_id, experiment_id=experiment.experiment_id,
+            run_id=resume_run_id, experiment_id=experiment_id,
             run_name=None if resume_run_id else (t.run_name or self.cfg.name),
             parent_run_id=None if resume_run_id else parent,
             log_system_metrics=t.log_system_metrics)

@@ -1,6 +1,7 @@
 """The MLflow UI shows our runs: a real `mlflow server` on loopback over a temporary SQLite store, runs logged by the
-engine's own Tracker (same param and metric names as training) nested under a workflow parent run, `dst report`
-logging to that parent, and the experiment and run-comparison pages rendered by headless Chromium.
+engine's own Tracker (same param and metric names as training) nested under the workflow's parent run (`dst track
+start`), `dst report` logging to that parent, and headless Chromium rendering the runs page at the URL `make demo`
+prints (`dst track url`) and the run-comparison pages.
 
 The UI is a JavaScript app, so pages are checked in the DOM Chromium renders (--dump-dom after a virtual-time budget),
 and the REST API the UI reads is queried as a second check. Screenshots land in the test's tmp dir, and also in
@@ -8,6 +9,8 @@ results/ui-screenshots/ when DST_KEEP_SCREENSHOTS is set. Only the browser tests
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -125,9 +128,11 @@ def logged_runs(mlflow_server, tmp_path_factory):
     import mlflow
     previous_uri = os.environ.get("MLFLOW_TRACKING_URI")  # the Tracker sets mlflow's global URI (and this variable)
     base = tmp_path_factory.mktemp("ui_runs")
-    client = MlflowClient(tracking_uri=mlflow_server)
-    experiment_id = client.create_experiment(EXPERIMENT)
-    parent = client.create_run(experiment_id, run_name=PARENT_NAME, tags={"dst.campaign": "ui-test"}).info.run_id
+    # The experiment and the parent run as the workflow's tracking_parent rule makes them.
+    assert main(["track", "start", "--tracking-uri", mlflow_server, "--experiment", EXPERIMENT, "--run-name",
+                 PARENT_NAME, "--out", str(base / "parent_run_id")]) == 0
+    parent = (base / "parent_run_id").read_text().strip()
+    experiment_id = MlflowClient(tracking_uri=mlflow_server).get_run(parent).info.experiment_id
     runs = {}
     for name, final_top1 in RUNS.items():
         run_dir = base / name
@@ -201,16 +206,44 @@ def render(url: str, screenshot: Path, must_contain: list[str], window: str = "1
     return (text, dom) if with_dom else text
 
 
-def sorted_runs_url(ui: dict, chart: bool = False) -> str:
-    # Sorting by a metric makes the runs table flat (the default, by start time, folds children under the parent).
-    order = urllib.parse.quote("metrics.`val/fsnn_top1`")
-    mode = "&compareRunsMode=CHART" if chart else ""
-    return f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?orderByKey={order}&orderByAsc=false{mode}"
+def printed_runs_url(ui: dict) -> str:
+    """The runs page `make demo` prints (`dst track url`), for this test's server."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["track", "url", "--experiment", EXPERIMENT, "--tracking-uri", ui["url"],
+                     "--ui-url", ui["url"]]) == 0
+    return out.getvalue().strip()
+
+
+def compare_url(ui: dict, run_ids: list[str]) -> str:
+    query = f"?runs={json.dumps(run_ids)}&experiments={json.dumps([ui['experiment_id']])}"
+    return f"{ui['url']}/#/compare-runs{urllib.parse.quote(query, safe='?=&')}"
+
+
+def compared_metrics(dom: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The compare page's runs (its columns, left to right) and each row of its Metrics table: metric -> the values
+    in that row, left to right. The table is two virtualized grids (names, values) of absolutely placed cells: a
+    cell's `top` is its row, its `left` its column."""
+    names_row = re.search(r"Run Name:</th>(.*?)</tr>", dom, re.S)
+    assert names_row, "no Run Name row on the compare page"
+    runs = [visible_text(td).strip() for td in re.findall(r"<td[^>]*>(.*?)</td>", names_row.group(1), re.S)]
+    start = dom.index(">Metrics<")
+    grids = dom[start:dom.index(">Artifacts<", start)].split('role="grid"')[1:]
+    assert len(grids) == 2, "the Metrics table is not a grid of names and a grid of values"
+    cell = re.compile(r'<div[^>]*style="[^"]*left: (\d+)px;[^"]*top: (\d+)px;[^"]*">(.*?)</div>', re.S)
+    metric_at = {top: visible_text(body).strip() for _, top, body in cell.findall(grids[0])}
+    rows: dict[str, list[tuple[int, str]]] = {}
+    for left, top, body in cell.findall(grids[1]):
+        rows.setdefault(metric_at[top], []).append((int(left), visible_text(body).strip()))
+    return runs, {metric: [value for _, value in sorted(cells)] for metric, cells in rows.items()}
 
 
 # ------------------------------------------------------------------------------------------------ tests
 def test_rest_api_has_the_nested_runs_with_engine_names(logged_runs):
     ui = logged_runs
+    experiment = http_json(f"{ui['url']}/api/2.0/mlflow/experiments/get?experiment_id={ui['experiment_id']}")
+    tags = {t["key"]: t["value"] for t in experiment["experiment"].get("tags", [])}
+    assert tags.get("mlflow.experimentKind") == "custom_model_development"  # a model-training experiment
     found = http_json(f"{ui['url']}/api/2.0/mlflow/runs/search", {
         "experiment_ids": [ui["experiment_id"]], "filter": f"tags.mlflow.parentRunId = '{ui['parent']}'",
         "max_results": 50})["runs"]
@@ -231,17 +264,22 @@ def test_rest_api_has_the_nested_runs_with_engine_names(logged_runs):
     assert [m["step"] for m in history] == list(range(1, EPOCHS + 1))
 
 
-def test_experiment_page_lists_the_runs_and_their_metrics(logged_runs, tmp_path):
+def test_the_printed_runs_url_opens_on_the_nested_runs(logged_runs, tmp_path):
     ui = logged_runs
+    url = printed_runs_url(ui)
+    assert url.startswith(f"{ui['url']}/#/experiments/{ui['experiment_id']}/runs?")
     names = list(RUNS)  # in descending val/fsnn_top1
-    text = render(sorted_runs_url(ui), tmp_path / "experiment_runs.png", names + [PARENT_NAME])
-    for name in names + [PARENT_NAME]:
-        assert name in text, f"{name} not rendered on the experiment page: {text[:2000]}"
+    text = render(url, tmp_path / "runs_page.png", names + [PARENT_NAME])
+    assert "Send your first trace" not in text, "opened on MLflow's GenAI page"
+    # The UI's Model training side (Runs, Models, ..., Model registry), not its GenAI one (Overview, Observability).
+    assert "Model registry" in text and "Observability" not in text, text[:2000]
+    for name in names + [PARENT_NAME]:  # the nested runs by name, not folded under the parent
+        assert name in text, f"{name} not rendered on the runs page: {text[:2000]}"
     positions = [text.index(n) for n in names]
     assert positions == sorted(positions), "runs are not in the order of their val/fsnn_top1"
 
     metrics = ["val/fsnn_top1", "val/dsnn_top1", "train/loss_fsnn", "train/loss_dsnn"]
-    charts = render(sorted_runs_url(ui, chart=True), tmp_path / "experiment_charts.png", metrics + names)
+    charts = render(f"{url}&compareRunsMode=CHART", tmp_path / "runs_charts.png", metrics + names)
     for key in metrics:
         assert key in charts, f"no chart of {key}: {charts[:2000]}"
     for name in names:
@@ -251,9 +289,8 @@ def test_experiment_page_lists_the_runs_and_their_metrics(logged_runs, tmp_path)
 def test_compare_page_shows_params_and_both_streams(logged_runs, tmp_path):
     ui = logged_runs
     run_ids = sorted(r["run_id"] for r in ui["runs"].values())
-    query = f"?runs={json.dumps(run_ids)}&experiments={json.dumps([ui['experiment_id']])}"
-    url = f"{ui['url']}/#/compare-runs{urllib.parse.quote(query, safe='?=&')}"
-    text = render(url, tmp_path / "compare_runs.png", list(RUNS) + ["val/dsnn_top1"], window="1600,2200")
+    text = render(compare_url(ui, run_ids), tmp_path / "compare_runs.png", list(RUNS) + ["val/dsnn_top1"],
+                  window="1600,2200")
     assert "Comparing 3 Runs" in text
     for name in RUNS:
         assert name in text
@@ -261,6 +298,21 @@ def test_compare_page_shows_params_and_both_streams(logged_runs, tmp_path):
                 "val/dsnn_top1", "train/loss_fsnn", "train/loss_dsnn", "firing_rate"):
         assert key in text, f"{key} missing on the compare page"
     assert "fsnn_resnet18" in text and "fsnn_7b_net" in text and "sew_resnet18" in text  # model.name values
+
+
+def test_compare_view_of_two_nested_runs_puts_both_streams_side_by_side(logged_runs, tmp_path):
+    ui = logged_runs
+    pair = ["demo_fsnn_resnet18", "demo_fsnn_7b"]  # both train with the AAP: both streams logged
+    run_ids = [ui["runs"][name]["run_id"] for name in pair]
+    text, dom = render(compare_url(ui, run_ids), tmp_path / "compare_two_runs.png",
+                       pair + ["val/fsnn_top1", "val/dsnn_top1"], window="1600,2200", with_dom=True)
+    assert "Comparing 2 Runs" in text
+    runs, rows = compared_metrics(dom)
+    assert sorted(runs) == sorted(pair), runs
+    final = {name: history(RUNS[name], aap=True)[-1] for name in pair}
+    for key in ("val/fsnn_top1", "val/dsnn_top1"):  # one row each, one column per run
+        assert key in rows, f"no {key} row: {sorted(rows)}"
+        assert [float(v) for v in rows[key]] == pytest.approx([final[name][key] for name in runs], abs=1e-3), key
 
 
 def test_report_logs_to_the_parent_and_the_ui_shows_it(logged_runs, tmp_path, capsys):
