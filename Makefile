@@ -35,7 +35,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -ra -m "not slurm and not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/snakemake --lint --configfile config/demo.yaml
+	$(VENV)/bin/snakemake --lint --profile profiles/local --configfile config/demo.yaml
 
 clean-demo:
 	rm -rf datasets/raw/demo datasets/prepared/demo runs/demo results/demo .snakemake

@@ -81,6 +81,30 @@ def experiment(tmp_path: Path, data_root: Path, **sections) -> Path:
     return path
 
 
+def demo_workflow(tmp_path: Path, campaign: str, overrides: list[str] = ()) -> Path:
+    """config/demo.yaml for a workflow run in tmp_path: its own campaign and MLflow store (tmp_path/mlflow.db), the
+    experiment files by absolute path, and `overrides` for every experiment. Returns the file written."""
+    cfg = yaml.safe_load((ROOT / "config" / "demo.yaml").read_text())
+    cfg["campaign"] = campaign
+    cfg["tracking"]["uri"] = f"sqlite:///{tmp_path}/mlflow.db"
+    for spec in cfg["experiments"].values():
+        spec["config"] = str(ROOT / spec["config"])
+    cfg["overrides"] = list(overrides)
+    path = tmp_path / f"{campaign}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def snakemake(profile: str, workdir: Path, config: Path, *args: str,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """`snakemake all --profile <ROOT/profile> [args]` on workflow/Snakefile, run in workdir with the workflow config
+    `config`; the `dst` and `snakemake` of this environment come first on PATH."""
+    cmd = [str(BIN / "snakemake"), "all", "--profile", str(ROOT / profile), "--snakefile",
+           str(ROOT / "workflow" / "Snakefile"), "--directory", str(workdir), *args, "--configfile", str(config)]
+    env = {**os.environ, **QUIET_ENV, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
 def dst(*args, env: dict | None = None, timeout: float = 300, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "dst"), *map(str, args)], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **QUIET_ENV, **(env or {})}, cwd=cwd)
