@@ -8,7 +8,8 @@ measure one step.
   GPU: torch.cuda.max_memory_allocated() during the step (model, optimizer state, activations, transients).
 Also, noise-free: the bytes autograd keeps for backward (saved tensors, unique storages) after the forward.
 
-Target: ours at or below SpikingJelly's (ratio = SpikingJelly / ours >= 1).
+ours-ckpt is ours with activation checkpointing per block (dst/memory_options.py; its peak / ours is what the option
+saves; ours-aap-ckpt on request). Target: ours at or below SpikingJelly's (ratio = SpikingJelly / ours >= 1).
 Prints a table, then one JSON line {"name": "memory", "ratio": ..., "target": 1.0, "met": ..., ...}.
 """
 from __future__ import annotations
@@ -24,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import emit, environment, table  # noqa: E402
 
 CONTESTANTS = ["ours", "sj", "ours-aap", "ours-reference-neurons", "ours-unfused-stem", "ours-fused-stem", "ours-bf16",
-               "sj-bf16"]
+               "sj-bf16", "ours-ckpt"]
 
 
 def _status_kib(field: str) -> int:

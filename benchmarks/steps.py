@@ -11,6 +11,8 @@ against sj, SpikingJelly converted to channels-last against ours, bfloat16 autoc
 reference neuron loop (backend="torch") to show what the fused kernels bring to a whole step, and ours with the stem's
 neuron and max pool run as two modules or as one fused kernel (fused_stem=False / True; the default fuses on CPU
 only, dst/kernels/spike_pool.py) to show what the fused stem brings.
+Memory options (dst/memory_options.py): ours-ckpt and ours-aap-ckpt run each residual block under activation
+checkpointing; the memory benchmark lists ours-ckpt, train_step.py times them only when asked (MEMORY_OPTION_STEPS).
 All use SGD(lr=0.1, momentum=0.9, weight_decay=1e-5), the paper's recipe.
 """
 from __future__ import annotations
@@ -35,13 +37,16 @@ def _batch(batch: int, res: int, device: str):
 
 def ours_step(T: int, batch: int, res: int, device: str, aap: bool = False, channels_last: bool = True,
               bf16: bool = False, backend: str = "auto",
-              fused_stem: bool | None = None) -> tuple[Callable[[], float], torch.nn.Module]:
+              fused_stem: bool | None = None,
+              activation_checkpointing: str = "none") -> tuple[Callable[[], float], torch.nn.Module]:
     from dst.loss import DSTLoss
+    from dst.memory_options import MemoryOptions, apply_memory_options
     from dst.models import create_model
     torch.manual_seed(0)
     model = create_model("fsnn_resnet18", T=T, connect="IAND", aap=aap, neuron="if",
                          neuron_kwargs={"backend": backend}, channels_last=channels_last,
                          fused_stem=fused_stem).to(device)
+    apply_memory_options(model, MemoryOptions(activation_checkpointing=activation_checkpointing))
     model.train()
     opt = torch.optim.SGD(model.parameters(), **SGD)
     loss_fn = DSTLoss()
@@ -102,7 +107,10 @@ STEPS = {
     "ours-reference-neurons": lambda T, b, r, d: ours_step(T, b, r, d, backend="torch"),
     "ours-unfused-stem": lambda T, b, r, d: ours_step(T, b, r, d, fused_stem=False),
     "ours-fused-stem": lambda T, b, r, d: ours_step(T, b, r, d, fused_stem=True),
+    "ours-ckpt": lambda T, b, r, d: ours_step(T, b, r, d, activation_checkpointing="blocks"),
+    "ours-aap-ckpt": lambda T, b, r, d: ours_step(T, b, r, d, aap=True, activation_checkpointing="blocks"),
 }
+MEMORY_OPTION_STEPS = ("ours-ckpt", "ours-aap-ckpt")  # not in train_step.py's default contestants
 
 
 def n_params(model: torch.nn.Module) -> int:

@@ -31,7 +31,7 @@ from common import (best_ratio, emit, environment, median_ms, min_ms, paired_rat
 
 import torch  # noqa: E402
 
-from steps import STEPS, n_params  # noqa: E402
+from steps import MEMORY_OPTION_STEPS, STEPS, n_params  # noqa: E402
 
 
 def main(argv=None):
@@ -41,7 +41,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 64 on GPU")
     p.add_argument("--res", type=int, default=None, help="default 128 on CPU, 224 on GPU")
     p.add_argument("--rounds", type=int, default=None, help="default 10 on CPU and GPU")
-    p.add_argument("--contestants", nargs="+", default=list(STEPS))
+    p.add_argument("--contestants", nargs="+", default=[n for n in STEPS if n not in MEMORY_OPTION_STEPS],
+                   help=f"default: all but {MEMORY_OPTION_STEPS} (activation checkpointing; "
+                        f"benchmarks/results/activation-checkpointing.md)")
     p.add_argument("--no-openmp-default-check", action="store_true",
                    help="skip the child run under libgomp's default spin")
     args = p.parse_args(argv)

@@ -92,6 +92,10 @@ class TrainerConfig(Section):
     max_eval_batches: int | None = Field(None, ge=1)
     log_every_steps: int = Field(50, ge=1)
     progress: bool = True
+    activation_checkpointing: Literal["none", "blocks"] = Field(
+        "none", description="'blocks': each residual block recomputes its forward in backward instead of keeping its "
+                            "activations (less memory, slower steps; dst/memory_options.py). How the model runs, not "
+                            "what its weights mean: not part of the checkpoint's model identity")
 
 
 class TrackingConfig(Section):

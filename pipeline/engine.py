@@ -58,9 +58,13 @@ def model_kwargs(cfg: ExperimentConfig, num_classes: int) -> dict[str, Any]:
 
 
 def build_model(cfg: ExperimentConfig, num_classes: int) -> torch.nn.Module:
+    """The model as training runs it: create_model from the model's identity (model_kwargs, which the checkpoint
+    records), then the memory options, which are not part of it (so a run can resume with them changed)."""
+    from dst.memory_options import MemoryOptions, apply_memory_options
     from dst.models import create_model
     try:
-        return create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
+        model = create_model(cfg.model.name, **model_kwargs(cfg, num_classes))
+        return apply_memory_options(model, MemoryOptions(activation_checkpointing=cfg.trainer.activation_checkpointing))
     except (TypeError, ValueError) as err:
         raise UsageError(f"model {cfg.model.name}: {err}") from None
 
