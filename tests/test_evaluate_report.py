@@ -160,6 +160,123 @@ def test_evaluate_without_dsnn_with_overrides_and_max_batches(campaign, tmp_path
     assert json.loads((run / "eval.json").read_text())["samples"] == VAL_SAMPLES
 
 
+def _nir_reference(export: Path, frames: np.ndarray, labels: np.ndarray) -> dict:
+    """fsnn.nir run by the consumer on the whole split in one batch (nir_run.run), and the BN-folded FSNN."""
+    from dst.export import load_fsnn, nir_run
+    from dst.export.nir import graph_steps
+
+    folded = load_fsnn(export / "fsnn.pt", fold=True)
+    x = torch.from_numpy(frames).float()
+    outputs, _ = nir_run.run(export / "fsnn.nir", graph_steps(folded, x))
+    nir_logits = outputs.mean(0)
+    with torch.no_grad():
+        ref = folded(x)
+    y = torch.from_numpy(labels)
+    return {"top1": 100.0 * nir_logits.argmax(1).eq(y).float().mean().item(),
+            "bn_folded_fsnn_top1": 100.0 * ref.argmax(1).eq(y).float().mean().item(),
+            "agreement": nir_logits.argmax(1).eq(ref.argmax(1)).float().mean().item(),
+            "time_steps": int(outputs.shape[0]), "ref": ref}
+
+
+def perturb_nir_bias(path: Path, cls: int, delta: float = 1e3) -> None:
+    """Rewrite the NIR file with the head's Affine bias raised on one class: it then predicts that class."""
+    import nir
+    graph = nir.read(str(path))
+    (name,) = [n for n, node in graph.nodes.items() if isinstance(node, nir.Affine)]
+    graph.nodes[name].bias = graph.nodes[name].bias.copy()
+    graph.nodes[name].bias[cls] += delta
+    nir.write(str(path), graph)
+
+
+@pytest.mark.parametrize("which", ["dst", "noaap"])
+def test_evaluate_runs_the_nir_file_on_the_whole_split(campaign, tmp_path, capsys, which):
+    """eval.json's nir section: fsnn.nir, read from disk and stepped by the consumer, on every validation sample,
+    predicts what the BN-folded FSNN predicts; its numbers equal an independent run of the file on the whole split."""
+    run = campaign[which]
+    out_file = tmp_path / "eval.json"
+    rc, out, err = run_cli(["evaluate", "--run", str(run), "--out", str(out_file)], capsys)
+    assert rc == 0, err
+    result = json.loads(out_file.read_text())
+    nir = result["nir"]
+    export = run / "export"
+    assert result["files"]["nir"] == str(export / "fsnn.nir") and nir["file"] == str(export / "fsnn.nir")
+    assert nir["read_from"] == f"nir.read({str(export / 'fsnn.nir')!r})"
+    assert "nirtorch" in nir["consumer"] and "norse" in nir["consumer"] and "BN-folded" in nir["reference"]
+    assert nir["samples"] == result["samples"] == VAL_SAMPLES and nir["batches"] == result["batches"] == 3
+    assert nir["time_steps"] == T
+    assert nir["prediction_agreement"] == 1.0 and nir["prediction_agreement_vs_fsnn_pt"] == 1.0
+    assert 0 < nir["max_abs_logit"] and nir["max_abs_logit_diff"] <= 1e-4 * max(1.0, nir["max_abs_logit"])
+    assert nir["seconds"] > 0 and nir["bn_folded_fsnn_seconds"] > 0 and nir["device"] == "cpu"
+
+    frames = np.load(campaign["prepared"] / "test_frames.npy")
+    labels = np.load(campaign["prepared"] / "test_labels.npy")
+    ref = _nir_reference(export, frames, labels)
+    assert nir["top1"] == pytest.approx(ref["top1"]) and nir["top1"] == pytest.approx(result["fsnn_top1"])
+    assert nir["bn_folded_fsnn_top1"] == pytest.approx(ref["bn_folded_fsnn_top1"])
+    assert nir["top5"] == 100.0  # 4 classes
+    assert "fsnn.nir" in out and "agreement 1.0000" in out
+
+
+def test_evaluate_records_a_nir_file_that_disagrees(campaign, tmp_path, capsys):
+    """A NIR file whose head bias was raised on one class predicts that class everywhere: the nir section says so
+    (agreement below 1, logits 1e3 apart), while the FSNN's own numbers are unchanged."""
+    run = _copy_run(campaign["noaap"], tmp_path / "run")
+    frames = np.load(campaign["prepared"] / "test_frames.npy")
+    labels = np.load(campaign["prepared"] / "test_labels.npy")
+    predicted = _nir_reference(run / "export", frames, labels)["ref"].argmax(1)
+    cls = (int(predicted.mode().values) + 1) % NUM_CLASSES  # not what most samples get: agreement < 1
+    perturb_nir_bias(run / "export" / "fsnn.nir", cls)
+    rc, _, err = run_cli(["evaluate", "--run", str(run)], capsys)
+    assert rc == 0, err
+    result = json.loads((run / "eval.json").read_text())
+    nir = result["nir"]
+    assert nir["prediction_agreement"] == pytest.approx(float((predicted == cls).float().mean()))
+    assert nir["prediction_agreement"] < 1.0 and nir["max_abs_logit_diff"] > 100
+    assert nir["top1"] == pytest.approx(100.0 * float((torch.from_numpy(labels) == cls).float().mean()))
+    assert result["fsnn_top1"] == pytest.approx(nir["bn_folded_fsnn_top1"])
+
+
+def test_evaluate_without_a_nir_file_or_with_no_nir(campaign, tmp_path, capsys):
+    run = _copy_run(campaign["noaap"], tmp_path / "run")
+    rc, _, err = run_cli(["evaluate", "--run", str(run), "--no-nir"], capsys)
+    assert rc == 0, err
+    result = json.loads((run / "eval.json").read_text())
+    assert result["nir"] is None and result["files"]["nir"] is None and result["samples"] == VAL_SAMPLES
+    (run / "export" / "fsnn.nir").unlink()
+    (run / "eval.json").unlink()
+    rc, out, err = run_cli(["evaluate", "--run", str(run)], capsys)
+    assert rc == 0, err
+    assert json.loads((run / "eval.json").read_text())["nir"] is None and "fsnn.nir" not in out
+
+
+def test_report_logs_the_nir_numbers_to_the_experiments_mlflow_run(campaign, tmp_path, capsys):
+    """`dst report` puts eval.json's nir numbers on the experiment's MLflow run beside eval/fsnn_top1."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.create_experiment("nir-eval")
+    parent = client.create_run(experiment).info.run_id
+    child = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    run = _copy_run(campaign["dst"], tmp_path / "run")
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["final"]["mlflow_run_id"] = child
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    assert main(["evaluate", "--run", str(run)]) == 0
+    nir = json.loads((run / "eval.json").read_text())["nir"]
+    rc, _, err = run_cli(["report", "--runs", str(run), "--out", str(tmp_path / "results"), "--tracking-uri", uri,
+                          "--parent-run-id", parent], capsys)
+    assert rc == 0, err
+    logged = client.get_run(child).data.metrics
+    assert logged["eval/nir_top1"] == pytest.approx(nir["top1"])
+    assert logged["eval/nir_top5"] == pytest.approx(nir["top5"])
+    assert logged["eval/nir_prediction_agreement"] == 1.0
+    assert logged["eval/nir_max_abs_logit_diff"] == pytest.approx(nir["max_abs_logit_diff"])
+    with open(tmp_path / "results" / "summary.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["nir_prediction_agreement"]) == 1.0
+
+
 def _copy_run(src: Path, dst: Path) -> Path:
     import shutil
     shutil.copytree(src, dst)
@@ -167,7 +284,7 @@ def _copy_run(src: Path, dst: Path) -> Path:
     return dst
 
 
-@pytest.mark.parametrize("case", ["no_export", "corrupt_fsnn", "corrupt_config", "unknown_override",
+@pytest.mark.parametrize("case", ["no_export", "corrupt_fsnn", "corrupt_nir", "corrupt_config", "unknown_override",
                                   "other_model", "missing_data"])
 def test_evaluate_errors_name_the_file_and_write_nothing(campaign, tmp_path, capsys, case):
     run = _copy_run(campaign["noaap"], tmp_path / "run")
@@ -179,6 +296,9 @@ def test_evaluate_errors_name_the_file_and_write_nothing(campaign, tmp_path, cap
     elif case == "corrupt_fsnn":
         (run / "export" / "fsnn.pt").write_bytes(b"this is not a torch file")
         expected = str(run / "export" / "fsnn.pt")
+    elif case == "corrupt_nir":
+        (run / "export" / "fsnn.nir").write_bytes(b"this is not an HDF5 file")
+        expected = str(run / "export" / "fsnn.nir")
     elif case == "corrupt_config":
         (run / "config.yaml").write_text("model: [unclosed\n")
         expected = str(run / "config.yaml")

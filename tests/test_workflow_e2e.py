@@ -1,8 +1,9 @@
 """End to end: `snakemake --profile slurm all` on the demo config against the real SLURM started by the
 `slurm_cluster` fixture (two slurmd nodes on this machine). The profile sends training to SLURM, although the demo's
 experiment files say launcher.cluster: local: each trains as a 2-node x 1-task DeepSpeed job through submitit.
-Test-only overrides set sizes only (nodes, tasks, epochs, steps, resolution). Checks the exported FSNNs, the report,
-and the nested MLflow runs, each tagged with the SLURM job that trained it."""
+Test-only overrides set sizes only (nodes, tasks, epochs, steps, resolution). Checks the exported FSNNs (fsnn.nir
+included: run by a third-party consumer in the export's check and on the whole validation split in the evaluation),
+the report, and the nested MLflow runs, each tagged with the SLURM job that trained it."""
 from __future__ import annotations
 
 import json
@@ -39,6 +40,15 @@ def test_snakemake_slurm_all_on_the_demo(slurm_cluster, tmp_path):
         assert report, exp
         evaluation = json.loads((runs / exp / "eval.json").read_text())
         assert 0 <= evaluation["fsnn_top1"] <= 100
+        # fsnn.nir for every experiment (the SEW ADD baseline too, exported with --allow-not-full-spike): read back
+        # and stepped by nirtorch + Norse, it spikes as the BN-folded FSNN does on the export's batch, and predicts
+        # what it predicts on every sample of the validation split.
+        assert (export / "fsnn.nir").is_file(), exp
+        execution = report["nir"]["execution"]
+        assert execution["spike_mismatches"] == 0 and execution["argmax_agreement"] == 1.0, (exp, execution)
+        nir = evaluation["nir"]
+        assert evaluation["complete_split"] and nir["samples"] == evaluation["samples"] > 0, (exp, nir)
+        assert nir["prediction_agreement"] == 1.0, (exp, nir)
         metrics = json.loads((runs / exp / "metrics.json").read_text())
         assert metrics["final"]["world_size"] == 2  # both nodes took part
     assert (tmp_path / "results" / "e2e" / "report.md").read_text().count("demo_") >= len(experiments)
@@ -60,3 +70,8 @@ def test_snakemake_slurm_all_on_the_demo(slurm_cluster, tmp_path):
         assert job and job.group(2) == "slurm", launched[-2000:]
         assert child.data.tags.get("slurm_job_id") == job.group(1), child.data.tags
         assert "val/fsnn_top1" in child.data.metrics
+        # The export rule's --log-to-mlflow: the NIR file is in the training run; the report logs its evaluation.
+        logged = {a.path for a in client.list_artifacts(child.info.run_id, "export")}
+        assert "export/fsnn.nir" in logged, (child.data.params["name"], sorted(logged))
+        assert child.data.metrics["eval/nir_prediction_agreement"] == 1.0
+        assert "eval/nir_top1" in child.data.metrics

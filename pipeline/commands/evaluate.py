@@ -11,6 +11,15 @@ data.root=/scratch/prepared/imagenet), and writes OUT (default RUN/eval.json) at
 Accuracies are percentages; firing_rate is the FSNN's mean spikes per neuron per time step on these samples. This
 checks that the deployable artifact performs as the training-time stream did: the last training-time validation
 numbers from RUN/metrics.json are copied under "training" for comparison.
+
+When EXPORT_DIR/fsnn.nir exists (and unless --no-nir), the NIR file is evaluated on the same batches: read once from
+disk and stepped by the third-party consumer of `dst export`'s check (dst/export/nir_run.py: nirtorch + Norse), its
+logits the mean of the Output over the T steps. It is compared with the network the file holds, the BN-folded FSNN
+(`load_fsnn(fsnn.pt, fold=True)`), under "nir":
+    {"top1", "top5", "prediction_agreement" (fraction of samples whose top-1 equals the BN-folded FSNN's),
+     "max_abs_logit_diff" (against it), "prediction_agreement_vs_fsnn_pt" (against the unfolded fsnn.pt that
+     fsnn_top1 measures), "bn_folded_fsnn_top1", "seconds" (the consumer's stepping), "samples", ...}
+"nir" is null without the file. "seconds" at the top level stays the FSNN/DSNN evaluation's, the NIR's excluded.
 """
 from __future__ import annotations
 
@@ -27,6 +36,8 @@ from pipeline import storage
 from pipeline.errors import UsageError
 
 
+NIR_FILE = "fsnn.nir"
+
 EXAMPLES = """examples:
   dst evaluate --run runs/demo/demo_fsnn_resnet18
   dst evaluate --run runs/demo/demo_fsnn_resnet18 --max-batches 2 data.root=/scratch/prepared/demo_images
@@ -40,6 +51,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batches", type=int, default=None,
                         help="evaluate at most N validation batches (default: the whole split)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--no-nir", action="store_true",
+                        help="do not evaluate EXPORT_DIR/fsnn.nir even when it exists (eval.json's nir is null)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="overrides of the run config, e.g. data.root=/scratch/prepared data.eval_batch_size=64")
 
@@ -67,6 +80,109 @@ def load_models(export_dir: Path):
     return fsnn, dsnn
 
 
+def _one_line_error(err: Exception) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:200]}"
+
+
+def load_nir(export_dir: Path, device: torch.device):
+    """(path, the BN-folded FSNN, the consumer's module stepping EXPORT_DIR/fsnn.nir); errors name the file."""
+    from dst.export import load_fsnn
+    from dst.export import nir_run
+
+    path = export_dir / NIR_FILE
+    try:
+        _, module = nir_run.load(path)
+    except ImportError as err:
+        raise UsageError(f"cannot evaluate {path}: {err} (--no-nir skips it)") from None
+    except Exception as err:  # h5py and nir raise many types for a damaged file
+        raise UsageError(f"cannot load NIR graph {path} ({_one_line_error(err)})") from None
+    try:
+        folded = load_fsnn(export_dir / "fsnn.pt", fold=True)
+    except Exception as err:
+        raise UsageError(f"cannot load exported model {export_dir / 'fsnn.pt'} ({_one_line_error(err)})") from None
+    return path, folded.to(device).eval(), consumer_to(module.eval(), device)
+
+
+def consumer_to(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """The consumer's module on `device`. Norse's cells keep their parameters in a NamedTuple `p` of tensors, which
+    Module.to does not move: those are moved here."""
+    module.to(device)
+    for sub in module.modules():
+        p = getattr(sub, "p", None)
+        if isinstance(p, tuple) and hasattr(p, "_fields"):
+            sub.p = type(p)(*(v.to(device) if torch.is_tensor(v) else v for v in p))
+    return module
+
+
+class NIREvaluation:
+    """Accumulates, batch by batch, the NIR file run by the consumer against the BN-folded FSNN (the network the file
+    holds) and against fsnn.pt's logits (what fsnn_top1 is computed from)."""
+
+    def __init__(self, path: Path, folded, module):
+        self.path, self.folded, self.module = path, folded, module
+        self.samples = self.batches = 0
+        self.hits = {"nir": [0, 0], "bn_folded_fsnn": [0, 0]}
+        self.agree_folded = self.agree_fsnn_pt = 0
+        self.max_diff = self.max_logit = 0.0
+        self.seconds = self.folded_seconds = 0.0
+        self.time_steps = None
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        """The consumer's logits for batch x: the mean of its Output over the T steps, from rest."""
+        from dst.export.nir import graph_steps
+        steps = graph_steps(self.folded, x)
+        state, total = None, None
+        try:
+            for x_t in steps:
+                y, state = self.module(x_t.float(), state)
+                total = y.float() if total is None else total + y.float()
+        except Exception as err:  # a graph for another input shape: conv/linear shape errors
+            raise UsageError(f"{self.path}: the consumer cannot step it on the validation batch of shape "
+                             f"{tuple(x.shape)} ({_one_line_error(err)})") from None
+        self.time_steps = int(steps.shape[0])
+        return total / steps.shape[0]
+
+    def update(self, x: torch.Tensor, y: torch.Tensor, fsnn_logits: torch.Tensor) -> None:
+        started = time.perf_counter()
+        nir_logits = self.step(x)
+        self.seconds += time.perf_counter() - started
+        started = time.perf_counter()
+        ref = self.folded(x).float()
+        self.folded_seconds += time.perf_counter() - started
+        if nir_logits.shape != ref.shape:
+            raise UsageError(f"{self.path} gives outputs of shape {tuple(nir_logits.shape[1:])} per sample, the "
+                             f"FSNN {tuple(ref.shape[1:])}: the file holds another network")
+        for name, logits in (("nir", nir_logits), ("bn_folded_fsnn", ref)):
+            top = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
+            self.hits[name][0] += int(top[:, 0].sum())
+            self.hits[name][1] += int(top.any(dim=1).sum())
+        predicted = nir_logits.argmax(1)
+        self.agree_folded += int((predicted == ref.argmax(1)).sum())
+        self.agree_fsnn_pt += int((predicted == fsnn_logits.float().argmax(1)).sum())
+        self.max_diff = max(self.max_diff, float((nir_logits - ref).abs().max()))
+        self.max_logit = max(self.max_logit, float(ref.abs().max()))
+        self.samples += int(y.shape[0])
+        self.batches += 1
+
+    def result(self, device: torch.device) -> dict[str, Any]:
+        from dst.export import nir_run
+        n = max(self.samples, 1)
+        pct = {f"{name}_top{k}": 100.0 * self.hits[name][i] / n
+               for name in self.hits for i, k in enumerate((1, 5))}
+        return {
+            "file": str(self.path), "consumer": nir_run.CONSUMER, "read_from": f"nir.read({str(self.path)!r})",
+            "reference": "BN-folded FSNN: load_fsnn(fsnn.pt, fold=True), the network the file holds",
+            "samples": self.samples, "batches": self.batches, "time_steps": self.time_steps,
+            "top1": pct["nir_top1"], "top5": pct["nir_top5"],
+            "prediction_agreement": self.agree_folded / n,
+            "max_abs_logit_diff": self.max_diff, "max_abs_logit": self.max_logit,
+            "bn_folded_fsnn_top1": pct["bn_folded_fsnn_top1"], "bn_folded_fsnn_top5": pct["bn_folded_fsnn_top5"],
+            "prediction_agreement_vs_fsnn_pt": self.agree_fsnn_pt / n,
+            "device": str(device), "seconds": round(self.seconds, 3),
+            "bn_folded_fsnn_seconds": round(self.folded_seconds, 3),
+        }
+
+
 def _num_classes(model) -> int:
     return int(model.fc.out_features)
 
@@ -85,8 +201,10 @@ def check_matches_config(cfg, fsnn, dsnn, export_dir: Path, num_classes: int, co
 
 # ------------------------------------------------------------------------------------------------ evaluation
 @torch.no_grad()
-def evaluate(fsnn, dsnn, loader, device: torch.device, max_batches: int | None) -> dict[str, Any]:
-    """Top-1/top-5 of both models and the FSNN's firing rate over the loader (at most max_batches batches)."""
+def evaluate(fsnn, dsnn, loader, device: torch.device, max_batches: int | None,
+             nir: NIREvaluation | None = None) -> dict[str, Any]:
+    """Top-1/top-5 of both models and the FSNN's firing rate over the loader (at most max_batches batches); with
+    `nir`, also the NIR file on the same batches (nir.seconds and nir.folded_seconds say how long that took)."""
     from dst.monitor import FiringRateMonitor
 
     models = {"fsnn": fsnn} if dsnn is None else {"fsnn": fsnn, "dsnn": dsnn}
@@ -105,6 +223,8 @@ def evaluate(fsnn, dsnn, loader, device: torch.device, max_batches: int | None) 
                 top = logits.float().topk(k, dim=1).indices.eq(y[:, None])
                 hits[stream][0] += int(top[:, 0].sum())
                 hits[stream][1] += int(top.any(dim=1).sum())
+                if nir is not None and stream == "fsnn":
+                    nir.update(x, y, logits)
             samples += int(y.shape[0])
             batches += 1
         else:
@@ -175,13 +295,20 @@ def run(args: argparse.Namespace) -> int:
     if dsnn is not None:
         dsnn.to(device).eval()
 
+    nir = None
+    if not args.no_nir and (export_dir / NIR_FILE).exists():
+        nir = NIREvaluation(*load_nir(export_dir, device))
+
     started = time.perf_counter()
-    result = evaluate(fsnn, dsnn, loaders.val, device, args.max_batches)
-    seconds = time.perf_counter() - started
+    result = evaluate(fsnn, dsnn, loaders.val, device, args.max_batches, nir)
+    seconds = time.perf_counter() - started - (0.0 if nir is None else nir.seconds + nir.folded_seconds)
+    nir_result = None if nir is None else nir.result(device)
     for key in ("fsnn_top1", "fsnn_top5", "dsnn_top1", "dsnn_top5", "firing_rate"):
         value = result[key]
         if value is not None and not math.isfinite(value):
             raise UsageError(f"evaluation of {export_dir} gave a non-finite {key}")
+    if nir_result is not None and not math.isfinite(nir_result["max_abs_logit_diff"]):
+        raise UsageError(f"evaluation of {nir_result['file']} gave non-finite logits")
     training = training_numbers(run_dir / "metrics.json")
     report = {
         "fsnn_top1": result["fsnn_top1"], "fsnn_top5": result["fsnn_top5"],
@@ -190,7 +317,8 @@ def run(args: argparse.Namespace) -> int:
         "format": "dst-eval", "version": 1,
         "run_dir": str(run_dir), "experiment": cfg.name, "model": cfg.model.name,
         "files": {"fsnn": str(export_dir / "fsnn.pt"),
-                  "dsnn": None if dsnn is None else str(export_dir / "dsnn.pt")},
+                  "dsnn": None if dsnn is None else str(export_dir / "dsnn.pt"),
+                  "nir": None if nir is None else str(export_dir / NIR_FILE)},
         "dataset": cfg.data.dataset, "data_root": cfg.data.root, "split": "validation",
         "batches": result["batches"], "max_batches": args.max_batches, "complete_split": result["complete_split"],
         "device": str(device), "seconds": round(seconds, 3),
@@ -198,11 +326,16 @@ def run(args: argparse.Namespace) -> int:
         "training": training,
         "fsnn_top1_minus_training": None if training is None or training.get("val/fsnn_top1") is None
         else result["fsnn_top1"] - training["val/fsnn_top1"],
+        "nir": nir_result,
     }
     text = json.dumps(report, indent=2) + "\n"
     storage.write_atomically(out, "the evaluation", lambda tmp: tmp.write_text(text))
     dsnn_text = "" if dsnn is None else f"; DSNN top-1 {report['dsnn_top1']:.2f}% top-5 {report['dsnn_top5']:.2f}%"
+    nir_text = "" if nir_result is None else (
+        f"; fsnn.nir (run by the consumer) top-1 {nir_result['top1']:.2f}%, top-1 agreement "
+        f"{nir_result['prediction_agreement']:.4f} with the BN-folded FSNN, logits within "
+        f"{nir_result['max_abs_logit_diff']:.3g}, {nir_result['seconds']:.1f} s")
     print(f"evaluated {export_dir} on {report['samples']} {cfg.data.dataset} validation samples: "
-          f"FSNN top-1 {report['fsnn_top1']:.2f}% top-5 {report['fsnn_top5']:.2f}%{dsnn_text}; "
+          f"FSNN top-1 {report['fsnn_top1']:.2f}% top-5 {report['fsnn_top5']:.2f}%{dsnn_text}{nir_text}; "
           f"firing rate {report['firing_rate']:.4f} -> {out}")
     return 0

@@ -16,8 +16,9 @@ OUT are left alone. Captions for Snakemake's report() are pipeline/report/captio
 
 With --parent-run-id (or $DST_PARENT_RUN_ID), the outputs are logged as artifacts under `report/` of that run at
 --tracking-uri (else $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db), and each experiment's own run (its
-metrics.json mlflow_run_id) gets the evaluation and export numbers as metrics (eval/*, export/*), so the MLflow UI
-compares them side by side. An unreachable tracking server or an unknown parent run is an error naming it, checked
+metrics.json mlflow_run_id) gets the evaluation and export numbers as metrics (eval/*, export/*; eval/nir_top1 and
+eval/nir_prediction_agreement from eval.json's nir section when the run has fsnn.nir), so the MLflow UI compares them
+side by side. An unreachable tracking server or an unknown parent run is an error naming it, checked
 before any output is written.
 """
 from __future__ import annotations
@@ -160,7 +161,11 @@ class ReportTracking:
             if r.accuracy_source == "eval":
                 values.update({"eval/fsnn_top1": r.fsnn_top1, "eval/fsnn_top5": r.fsnn_top5,
                                "eval/dsnn_top1": r.dsnn_top1, "eval/dsnn_top5": r.dsnn_top5,
-                               "eval/firing_rate": r.firing_rate})
+                               "eval/firing_rate": r.firing_rate,
+                               # fsnn.nir run by a third-party consumer on the same samples (None: no file)
+                               "eval/nir_top1": r.nir_top1, "eval/nir_top5": r.nir_top5,
+                               "eval/nir_prediction_agreement": r.nir_prediction_agreement,
+                               "eval/nir_max_abs_logit_diff": r.nir_max_abs_logit_diff})
             metrics = [Metric(k, float(v), now, r.epochs) for k, v in values.items() if v is not None]
             if metrics:
                 self._call(f"logging metrics to run {r.mlflow_run_id}", self.client.log_batch, r.mlflow_run_id,

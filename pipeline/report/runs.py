@@ -49,6 +49,10 @@ class RunSummary:
     accuracy_source: str = "none"              # "eval" (exported artifacts, eval.json) | "train" (metrics.json)
     eval_samples: int | None = None
     eval_complete: bool | None = None          # False: eval.json covers part of the split (--max-batches)
+    nir_top1: float | None = None              # fsnn.nir run by the consumer (eval.json's nir), same samples
+    nir_top5: float | None = None
+    nir_prediction_agreement: float | None = None  # fraction of samples: NIR top-1 == the BN-folded FSNN's
+    nir_max_abs_logit_diff: float | None = None
     best_fsnn_top1: float | None = None
     best_epoch: int | None = None
     acs_g: float | None = None                 # the deployable FSNN
@@ -183,6 +187,30 @@ def read_eval(path: Path) -> dict[str, Any]:
             raise UsageError(f"{path}: {key} must be a percentage in [0, 100], got {out[key]}")
     out["samples"] = int(out["samples"])
     out["complete_split"] = bool(data.get("complete_split", True))
+    out["nir"] = read_eval_nir(data.get("nir"), path)
+    return out
+
+
+NIR_EVAL_KEYS = ("top1", "top5", "prediction_agreement", "max_abs_logit_diff")
+
+
+def read_eval_nir(section: Any, path: Path) -> dict[str, float] | None:
+    """eval.json's nir section (`dst evaluate` on fsnn.nir): None when absent or null."""
+    if section is None:
+        return None
+    if not isinstance(section, dict):
+        raise UsageError(f"{path}: nir must be an object or null, got {type(section).__name__}")
+    out = {}
+    for key in NIR_EVAL_KEYS:
+        if key not in section:
+            raise UsageError(f"{path}: key nir.{key} is missing")
+        out[key] = _number(section[key], path, f"nir.{key}")
+    for key in ("top1", "top5"):
+        if not 0 <= out[key] <= 100:
+            raise UsageError(f"{path}: nir.{key} must be a percentage in [0, 100], got {out[key]}")
+    if not 0 <= out["prediction_agreement"] <= 1:
+        raise UsageError(f"{path}: nir.prediction_agreement must be a fraction in [0, 1], "
+                         f"got {out['prediction_agreement']}")
     return out
 
 
@@ -232,6 +260,9 @@ def read_run(run_dir: Path) -> RunSummary:
         run.eval_samples, eval_rate = ev["samples"], ev["firing_rate"]
         run.eval_complete = ev["complete_split"]
         run.accuracy_source = "eval"
+        if ev["nir"] is not None:
+            for key, value in ev["nir"].items():
+                setattr(run, f"nir_{key}", value)
     else:
         run.missing.append(EVAL_FILE)
     # Firing rate on real validation data first; export's may be measured on random input.
