@@ -88,6 +88,7 @@ def test_export_writes_verified_artifacts_that_reload_in_a_fresh_process(tmp_pat
     assert measured["fsnn.ts"]["max_abs_logit_diff"] <= bn_fold["max_abs_logit_diff"] + 1e-4
     # fsnn.nir, read back from the file and run by the third-party consumer: the BN-folded FSNN's spikes, all of them.
     nir_check = measured["fsnn.nir"]
+    assert report["nir"] == nir_check
     run = nir_check["execution"]
     assert run["read_from"].startswith("nir.read(") and run["read_from"].endswith("fsnn.nir')")  # the file on disk
     assert "nirtorch" in run["consumer"] and "norse" in run["consumer"]
@@ -291,7 +292,7 @@ def test_a_model_without_a_nir_form_is_refused_by_name(tmp_path, capsys):
     ckpt = plain_checkpoint(tmp_path / "soft.pt", trained_looking("fsnn_resnet18", neuron_kwargs={"v_reset": None}))
     out = tmp_path / "export"
     err = refused(capsys, "--checkpoint", ckpt, "--out", out, "--input-shape", SHAPE, "--batch-size", 1)
-    assert "stem_neuron" in err and "soft" in err and "--format ts" in err
+    assert "stem_neuron" in err and "soft" in err and "--format without nir" in err
     assert not out.exists() and leftovers(tmp_path) == []
     assert export("--checkpoint", ckpt, "--out", out, "--input-shape", SHAPE, "--batch-size", 1, "--format", "ts") == 0
 
@@ -318,3 +319,34 @@ def test_log_to_mlflow_puts_the_files_in_the_training_run(tmp_path, capsys):
     assert export(*args) == 0
     logged = sorted(a.path for a in client.list_artifacts(run_id, "export"))
     assert logged == ["export/dsnn.pt", "export/fsnn.nir", "export/fsnn.pt", "export/fsnn.ts", "export/report.json"]
+
+
+@pytest.mark.parametrize("mutation", ["dropped edge", "wrong threshold", "dangling node"])
+def test_a_nir_file_that_does_not_hold_the_fsnn_is_refused(tmp_path, capsys, fsnn_ckpt, monkeypatch, mutation):
+    """The check runs the written file: a graph with one edge dropped (d into the first IAND junction) or one
+    threshold wrong (that junction's 0.5 -> 1.5) disagrees with the FSNN; a node left feeding nothing (the junction's
+    -s) would hang nirtorch's interpreter and is refused before it runs. Each is one line, nothing written."""
+    import numpy as np
+
+    from dst.export import nir as dst_nir
+    _, ckpt = fsnn_ckpt
+    real_write = dst_nir.write_nir
+
+    def broken_write(graph, path):
+        junction = "blocks_0_iand"
+        if mutation == "dropped edge":
+            graph.edges.remove(("maxpool_0_fire", junction))
+        elif mutation == "dangling node":
+            graph.edges.remove(("blocks_0_not_s", junction))
+        else:
+            graph.nodes[junction].threshold = np.full_like(graph.nodes[junction].threshold, 1.5)
+        real_write(graph, path)
+
+    monkeypatch.setattr(dst_nir, "write_nir", broken_write)
+    out = tmp_path / "export"
+    err = refused(capsys, "--checkpoint", ckpt, "--out", out, "--batch-size", 4, "--no-dsnn", "--format", "nir")
+    if mutation == "dangling node":
+        assert "fsnn.nir cannot be run" in err and "2 Output nodes (output, output_blocks_0_not_s)" in err
+    else:
+        assert "fsnn.nir" in err and "disagrees with the FSNN" in err and "spikes differ" in err
+    assert not out.exists() and leftovers(tmp_path) == []

@@ -363,6 +363,7 @@ def run_and_compare(path: str | os.PathLike, model: nn.Module, x: torch.Tensor) 
             "time_steps": int(outputs.shape[0]), "neurons": len(names), "spikes_compared": compared,
             "spike_mismatches": mismatched, "spike_agreement": 1.0 - mismatched / max(compared, 1),
             "max_abs_logit_diff_vs_bn_folded_fsnn": float((logits - z).abs().max()),
+            "max_abs_logit": float(z.abs().max()),
             "argmax_agreement": float((logits.argmax(1) == z.argmax(1)).float().mean()),
             "logits": logits, "graph": graph}
 

@@ -52,6 +52,23 @@ def _flatten(node) -> nn.Module:
     return nn.Flatten(start + 1 if start >= 0 else start, end + 1 if end >= 0 else end)
 
 
+def check_wiring(graph) -> None:
+    """One Input, one Output, and every node between them: nirtorch's interpreter waits forever on a graph with a
+    second Output or a node whose output nothing reads, so such a file is refused before it runs."""
+    import nir
+    for kind in (nir.Input, nir.Output):   # nir.read adds an Output for a node that fed nothing
+        found = sorted(name for name, node in graph.nodes.items() if isinstance(node, kind))
+        if len(found) != 1:
+            raise ValueError(f"NIR graph: {len(found)} {kind.__name__} nodes ({', '.join(found[:4])}), not one")
+    sources = {s for s, _ in graph.edges}
+    targets = {t for _, t in graph.edges}
+    for name, node in graph.nodes.items():
+        if not isinstance(node, nir.Output) and name not in sources:
+            raise ValueError(f"NIR graph: node {name!r} ({type(node).__name__}) feeds no other node")
+        if not isinstance(node, nir.Input) and name not in targets:
+            raise ValueError(f"NIR graph: node {name!r} ({type(node).__name__}) has no input")
+
+
 def load(path: str | os.PathLike):
     """(the NIR graph read from `path`, the consumer's torch.fx module that steps it)."""
     try:
@@ -62,6 +79,7 @@ def load(path: str | os.PathLike):
         raise ImportError(f"running a NIR file needs nir, nirtorch and norse ({err}); "
                           "install them as scripts/bootstrap.sh does") from None
     graph = nir.read(str(path))
+    check_wiring(graph)
     norse_node = partial(_import_norse_module, dt=1.0, ignore_warnings=True)
     node_map = {nir.Conv2d: norse_node, nir.Affine: norse_node, nir.IF: norse_node, nir.LIF: norse_node,
                 nir.Scale: lambda n: NIRScale(n.scale), nir.Threshold: lambda n: NIRThreshold(n.threshold),

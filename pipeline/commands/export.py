@@ -312,17 +312,36 @@ def write_fsnn_nir(ctx: ExportContext, path: Path) -> None:
     try:
         graph, _ = to_nir(ctx.folded, tuple(ctx.x.shape[1:]), allow_not_full_spike=ctx.allow_not_full_spike)
     except (TypeError, ValueError) as err:
-        raise UsageError(f"refusing to export {ctx.model.model_name} to NIR: {err} (--format ts skips fsnn.nir)") \
+        raise UsageError(f"refusing to export {ctx.model.model_name} to NIR: {err} (a --format without nir skips fsnn.nir)") \
             from None
     write_nir(graph, path)
+
+
+NIR_LOGIT_TOLERANCE = 1e-4     # relative to max(1, the largest |logit|): float summation order, nothing more
+
+
+def require_nir_agreement(model_name: str, run: dict) -> None:
+    """The NIR file, executed by the consumer, must predict what the FSNN predicts (top-1 on every sample) with
+    logits equal within float tolerance; otherwise the file does not hold the FSNN, and the export is refused."""
+    tolerance = NIR_LOGIT_TOLERANCE * max(1.0, run["max_abs_logit"])
+    if run["argmax_agreement"] != 1.0 or run["max_abs_logit_diff_vs_bn_folded_fsnn"] > tolerance:
+        raise UsageError(f"refusing to export {model_name}: fsnn.nir, run from the file by {run['consumer']}, "
+                         f"disagrees with the FSNN: top-1 agreement {run['argmax_agreement']:.3f} on "
+                         f"{run['samples']} samples, logits up to {run['max_abs_logit_diff_vs_bn_folded_fsnn']:.3g} "
+                         f"apart (tolerance {tolerance:.3g}), {run['spike_mismatches']} of {run['spikes_compared']} "
+                         "spikes differ (a --format without nir skips fsnn.nir)")
 
 
 def check_fsnn_nir(ctx: ExportContext, path: Path) -> dict:
     """The file read back by nir.read and stepped by a third-party consumer, against the BN-folded FSNN (the
     network the file holds: spikes must agree bit for bit) and the training model's FSNN stream."""
     from dst.export.nir import graph_summary, run_and_compare
-    result = run_and_compare(path, ctx.folded, ctx.x)
+    try:
+        result = run_and_compare(path, ctx.folded, ctx.x)
+    except ValueError as err:
+        raise UsageError(f"refusing to export {ctx.model.model_name}: fsnn.nir cannot be run: {err}") from None
     graph = result.pop("graph")
+    require_nir_agreement(ctx.model.model_name, result)
     return {"reference": FSNN_STREAM, **logit_diff(result.pop("logits"), ctx.reference), **graph_summary(graph),
             "dt": float(graph.metadata["dt"]), "dt_convention": str(graph.metadata["dt_convention"]),
             "readout": str(graph.metadata["readout"]),
@@ -410,6 +429,8 @@ def export(model, x: torch.Tensor, out_dir: Path, *, with_dsnn: bool, allow_not_
                         "spike_agreement": spike_agreement(ctx.fsnn, ctx.folded, x)},
         },
         "artifacts": measured,
+        # The NIR file's own section (what it holds and how the third-party consumer ran it), None without it.
+        "nir": measured.get("fsnn.nir"),
         "files": {a.filename: a.description for a in artifacts},
     }
 
