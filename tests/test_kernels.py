@@ -517,3 +517,25 @@ def test_triton_kernels_in_interpreter(test_file, at_least):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     summary = proc.stdout.strip().splitlines()[-1]
     assert " passed" in summary and int(summary.split(" passed")[0].split()[-1]) >= at_least, summary
+
+
+def test_torch_export_traces_the_reference_loop(monkeypatch):
+    """Under torch.export (as under torch.compile and TorchScript) the neurons run their reference loop of plain torch
+    ops: the fused kernels are opaque to the tracer. The exported program still computes the same spikes."""
+    calls = []
+    real = kernels.multistep
+    monkeypatch.setattr(kernels, "multistep", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.neuron = dn.MultiStepLIF()
+
+        def forward(self, x):
+            return self.neuron(x)
+
+    x = make_input((4, 2, 3), torch.float32)
+    with torch.no_grad():
+        program = torch.export.export(Net(), (x,))
+    assert calls == [] and dispatch.is_tracing() is False
+    assert torch.equal(program.module()(x), Net()(x)) and calls == [1]
